@@ -1,0 +1,279 @@
+"""nnUNetTrainerDALE: nnU-Net's trainer with DALE's alternating train step (Algorithm 1 of the paper).
+
+Everything but `train_step` (planning, data loading, augmentation, validation, inference) is nnU-Net's own.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+from torch._dynamo import OptimizedModule
+
+from nnunet_dale.alignment import (
+    Alignment,
+    alignment_loss,
+    class_gaussians,
+    class_membership,
+    fuzzy_objective,
+    resize_to,
+)
+from nnunet_dale.confidence import Confidence, learn_confidence
+from nnunet_dale.config import DALEConfig, DALEConfigError, load_config, resolve_patch_size
+from nnunet_dale.progress import DALE_STATS, DALELocalLogger
+from nnunet_dale.split import FuzzySplit, fuzzy_split
+from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE, weight_pyramid
+
+ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+class FeatureTap:
+    """Records the features at DALE's feature site during the forwards it is switched on for."""
+
+    def __init__(self, module: nn.Module, site: str):
+        try:
+            target = module.decoder.seg_layers[-1] if site == "head" else module.encoder.stages[-1]
+        except (AttributeError, IndexError, TypeError):
+            raise DALEConfigError(
+                f"DALE feature_site={site!r} needs nnU-Net's encoder/decoder network layout "
+                f"(decoder.seg_layers, encoder.stages); {type(module).__name__} does not have it. "
+                "Set NNUNET_DALE_USE_ALIGNMENT=0 to train without L_W."
+            ) from None
+        self.value: torch.Tensor | None = None
+        self._on = False
+        if site == "head":
+            target.register_forward_pre_hook(lambda _m, args: self._record(args[0]))
+        else:
+            target.register_forward_hook(lambda _m, _args, out: self._record(out))
+
+    def _record(self, features: torch.Tensor) -> None:
+        if self._on:
+            self.value = features
+
+    @contextmanager
+    def capture(self) -> Iterator["FeatureTap"]:
+        self._on, self.value = True, None
+        try:
+            yield self
+        finally:
+            self._on = False
+
+
+class nnUNetTrainerDALE(nnUNetTrainer):
+    """DALE (Fang et al., CVPR 2025) inside nnU-Net v2. Variants set `dale_defaults`; users override them with
+    ``NNUNET_DALE_CONFIG`` (a JSON file) or ``NNUNET_DALE_<FIELD>`` environment variables."""
+
+    dale_defaults: dict[str, Any] = {}
+
+    def __init__(
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+    ):
+        config = load_config(self.dale_defaults)  # a bad hyper-parameter fails here, before any data is touched
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.dale_config: DALEConfig = config
+        self.dale_patch_size = resolve_patch_size(
+            config, self.configuration_manager.patch_size, self.configuration_manager.spacing
+        )
+        self.logger.local_logger = DALELocalLogger(config.to_dict())
+        self.logger.update_config({"dale": config.to_dict(), "dale_patch_size": list(self.dale_patch_size)})
+        self.dale_loss: nn.Module | None = None
+        self.feature_tap: FeatureTap | None = None
+        self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        super().initialize()
+        self.dale_loss = self._build_dale_loss()
+        if self.dale_config.use_alignment:
+            self.feature_tap = FeatureTap(unwrap(self.network), self.dale_config.feature_site)
+
+    def _build_dale_loss(self) -> nn.Module:
+        """The pixel-weighted twin of nnU-Net's loss, with the same deep-supervision weights."""
+        common = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "ddp": self.is_ddp}
+        if self.label_manager.has_regions:
+            loss = PixelWeightedDCandBCE(**common, use_ignore_label=self.label_manager.ignore_label is not None)
+        else:
+            loss = PixelWeightedDCandCE(**common, do_bg=False, ignore_label=self.label_manager.ignore_label)
+        if isinstance(self.loss, DeepSupervisionWrapper):
+            loss = DeepSupervisionWrapper(loss, self.loss.weight_factors)
+        return loss
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    # ------------------------------------------------------------------ Algorithm 1
+    def train_step(self, batch: dict) -> dict:
+        """Algorithm 1, one iteration: split -> non-fuzzy step -> omega* -> fuzzy step, on one nnU-Net batch."""
+        cfg = self.dale_config
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else target.to(
+            self.device, non_blocking=True
+        )
+        full_target = target[0] if isinstance(target, list) else target
+
+        # line 3: split the batch into D_n and D_f (Eq. 3-7)
+        split = fuzzy_split(
+            data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
+        )
+        x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
+        nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
+        fuzzy_weights = weight_pyramid(split.fuzzy, target)
+
+        # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast(), self._features() as tap_n:
+            loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
+        features_n = tap_n.value.detach() if tap_n.value is not None else None
+        self._optimizer_step(loss_n)
+
+        # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast(), self._features() as tap_f:
+            output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
+
+        def fuzzy_loss(output, omega):
+            return self.dale_loss(output, target, weight_pyramid(omega * split.fuzzy, target), fuzzy_weights)
+
+        def nonfuzzy_loss(output):
+            return self.dale_loss(output, target, nonfuzzy_weights)
+
+        confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss)
+
+        # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
+        alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
+        fuzzy_mass = split.fuzzy.sum().clamp_min(1e-8)
+        mean_omega = (confidence.omega * split.fuzzy).sum() / fuzzy_mass
+        with self._autocast():
+            loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
+
+        # line 14: optimise theta_f on D_f (Eq. 2)
+        self._optimizer_step(loss_f)
+
+        noisy_share = (confidence.noisy * split.fuzzy).sum() / fuzzy_mass
+        stats = torch.stack(
+            [0.5 * (loss_n + loss_f).detach(), split.fuzzy.mean(), mean_omega, noisy_share, alignment.loss.detach()]
+        ).float()
+        loss, *dale = stats.cpu().numpy()  # one host sync per step, like nnU-Net's own train_step
+        return {"loss": loss, **dict(zip(DALE_STATS, dale))}
+
+    @contextmanager
+    def _features(self) -> Iterator[Any]:
+        if self.feature_tap is None:
+            yield _NO_FEATURES
+        else:
+            with self.feature_tap.capture() as tap:
+                yield tap
+
+    def _confidence(self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss) -> Confidence:
+        """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast."""
+        if not self.dale_config.use_omega:
+            ones = torch.ones_like(split.fuzzy)
+            return Confidence(omega=ones, update=torch.zeros_like(ones))
+        module = unwrap(self.network)
+        params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+        def forward(parameters, x):
+            return torch.func.functional_call(module, parameters, (x,))
+
+        return learn_confidence(
+            forward,
+            params,
+            x_f,
+            x_n,
+            fuzzy_loss,
+            nonfuzzy_loss,
+            split.fuzzy.shape,
+            shadow_lr=self.optimizer.param_groups[0]["lr"],
+            steps=self.dale_config.lookahead_steps,
+            lr=self.dale_config.omega_lr,
+            fuzzy_outputs=None if self.device.type == "cuda" else output_f,  # AMP graph is not reused for the meta step
+        )
+
+    def _alignment(self, features_n, features_f, full_target, split: FuzzySplit, confidence: Confidence) -> Alignment:
+        """L_W (Eq. 12-14): fuzzy features of clean voxels pulled toward the detached non-fuzzy class Gaussians."""
+        cfg = self.dale_config
+        if features_n is None or features_f is None or cfg.alpha == 0:
+            zero = torch.zeros((), device=self.device)
+            return Alignment(loss=zero, classes_used=zero.long())
+        spatial = features_f.shape[2:]
+        membership = class_membership(
+            full_target,
+            self.label_manager.num_segmentation_heads,
+            self.label_manager.has_regions,
+            self.label_manager.ignore_label,
+        )
+        membership = resize_to(membership, spatial)
+        clean = confidence.clean if cfg.use_omega else torch.ones_like(split.fuzzy, dtype=torch.bool)
+        with torch.no_grad():
+            target_stats = class_gaussians(features_n, membership, resize_to(split.nonfuzzy, spatial))
+        fuzzy_stats = class_gaussians(features_f, membership, resize_to(split.fuzzy * clean, spatial))
+        return alignment_loss(target_stats, fuzzy_stats, cfg.cov_perturbation, cfg.ridge, cfg.min_class_mass)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA)."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+
+    # ------------------------------------------------------------------ logging and checkpoints
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        means = {k: float(np.nanmean(outputs[k])) for k in DALE_STATS}
+        if self.is_ddp:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, means)
+            means = {k: float(np.nanmean([g[k] for g in gathered])) for k in DALE_STATS}
+        for key, value in means.items():
+            self.logger.log(key, value, self.current_epoch)
+        self.print_to_log_file("DALE " + ", ".join(f"{DALE_STATS[k]} {np.round(v, 4)}" for k, v in means.items()))
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        """nnU-Net's resume, refusing a checkpoint written under another DALE configuration (unless overridden)."""
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        saved = checkpoint.get("logging", {}).get("_dale_config")
+        current = self.dale_config.to_dict()
+        if saved != current and os.environ.get(ALLOW_CONFIG_CHANGE, "0").lower() not in ("1", "true", "yes"):
+            changed = sorted(k for k in set(current) | set(saved or {}) if (saved or {}).get(k) != current.get(k))
+            raise DALEConfigError(
+                "this checkpoint was written under a different DALE configuration "
+                f"({'none: not a DALE checkpoint' if saved is None else 'changed: ' + ', '.join(changed)}). "
+                f"Resume with the same settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
+                f"({current})."
+            )
+        super().load_checkpoint(checkpoint)
+
+
+class _NoFeatures:
+    value = None
+
+
+_NO_FEATURES = _NoFeatures()

@@ -1,0 +1,87 @@
+"""Variants of nnUNetTrainerDALE in nnU-Net's manner: one idea each, named after it (the class name is part of the
+result folder's name). Ablations follow Table 4 of the paper; schedules shorten training for quick runs and tests.
+"""
+
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_dale.trainer import nnUNetTrainerDALE
+
+
+class _Schedule:
+    """Mixin setting nnU-Net's epoch count and iterations per epoch; place before the trainer class."""
+
+    epochs: int = 1000
+    iterations: int = 250
+    val_iterations: int = 50
+
+    def __init__(
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.epochs
+        self.num_iterations_per_epoch = self.iterations
+        self.num_val_iterations_per_epoch = self.val_iterations
+
+
+# --- ablations (Table 4)
+class nnUNetTrainerDALE_AEonly(nnUNetTrainerDALE):
+    """Fuzzy regions from average entropy only (no edge ratio)."""
+
+    dale_defaults = {"use_edges": False}
+
+
+class nnUNetTrainerDALE_ERonly(nnUNetTrainerDALE):
+    """Fuzzy regions from the label edge ratio only (no entropy)."""
+
+    dale_defaults = {"use_entropy": False}
+
+
+class nnUNetTrainerDALE_noOmega(nnUNetTrainerDALE):
+    """No label-confidence learning: omega = 1 and every fuzzy voxel counts as clean for L_W."""
+
+    dale_defaults = {"use_omega": False}
+
+
+class nnUNetTrainerDALE_noLW(nnUNetTrainerDALE):
+    """No distribution alignment (alpha is ignored)."""
+
+    dale_defaults = {"use_alignment": False}
+
+
+class nnUNetTrainerDALE_bottleneck(nnUNetTrainerDALE):
+    """L_W on the encoder bottleneck instead of the features before the segmentation head."""
+
+    dale_defaults = {"feature_site": "bottleneck"}
+
+
+# --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)
+class nnUNetTrainerDALE_5epochs(_Schedule, nnUNetTrainerDALE):
+    epochs = 5
+
+
+class nnUNetTrainerDALE_50epochs(_Schedule, nnUNetTrainerDALE):
+    epochs = 50
+
+
+class nnUNetTrainerDALE_100epochs(_Schedule, nnUNetTrainerDALE):
+    epochs = 100
+
+
+class nnUNetTrainerDALE_250epochs(_Schedule, nnUNetTrainerDALE):
+    epochs = 250
+
+
+# --- tiny schedules for smoke tests and CPU demos, with a default-nnU-Net twin of the same length
+class nnUNetTrainer_quick(_Schedule, nnUNetTrainer):
+    """Default nnU-Net, 2 epochs x 10 iterations (5 validation iterations)."""
+
+    epochs, iterations, val_iterations = 2, 10, 5
+
+
+class nnUNetTrainerDALE_quick(_Schedule, nnUNetTrainerDALE):
+    """DALE, 2 epochs x 10 iterations (5 validation iterations)."""
+
+    epochs, iterations, val_iterations = 2, 10, 5
