@@ -12,8 +12,9 @@ non-fuzzy gradient gets a negative hypergradient, so omega grows: it is judged c
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ENV_FILE = "NNUNET_DALE_CONFIG"
 ENV_PREFIX = "NNUNET_DALE_"
@@ -56,7 +57,7 @@ class DALEConfig:
         if self.patch_size is not None:
             check(len(self.patch_size) >= 1 and all(p >= 1 for p in self.patch_size), "patch_size", "integers >= 1")
 
-    def replace(self, **changes: Any) -> "DALEConfig":
+    def replace(self, **changes: Any) -> DALEConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

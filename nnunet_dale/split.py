@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,7 @@ def patch_entropy(image: torch.Tensor, grid: PatchGrid, bins: int = 32) -> torch
 
 
 def label_edges(labels: torch.Tensor) -> torch.Tensor:
-    """Edge map of a label tensor (B, C, *spatial): voxels whose 3^d neighbourhood holds another value in any channel."""
+    """Edge map of labels (B, C, *spatial): voxels whose 3^d neighbourhood holds another value in any channel."""
     pool = F.max_pool2d if labels.ndim == 4 else F.max_pool3d
     lab = labels.to(torch.float32)
     differs = pool(lab, 3, stride=1, padding=1) + pool(-lab, 3, stride=1, padding=1) > 0

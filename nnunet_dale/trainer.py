@@ -6,8 +6,9 @@ Everything but `train_step` (planning, data loading, augmentation, validation, i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ class FeatureTap:
             self.value = features
 
     @contextmanager
-    def capture(self) -> Iterator["FeatureTap"]:
+    def capture(self) -> Iterator[FeatureTap]:
         self._on, self.value = True, None
         try:
             yield self
@@ -84,7 +85,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     dale_defaults: dict[str, Any] = {}
 
     def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
     ):
         config = load_config(self.dale_defaults)  # a bad hyper-parameter fails here, before any data is touched
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -125,8 +131,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         cfg = self.dale_config
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else target.to(
-            self.device, non_blocking=True
+        target = (
+            [t.to(self.device, non_blocking=True) for t in target]
+            if isinstance(target, list)
+            else target.to(self.device, non_blocking=True)
         )
         full_target = target[0] if isinstance(target, list) else target
 
@@ -192,7 +200,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
 
         def forward(parameters, x):
-            return torch.func.functional_call(module, parameters, (x,))
+            # nnU-Net's conv blocks register each layer twice (conv and all_modules.0): with tie_weights=True,
+            # functional_call swaps such a parameter twice and restores the wrong tensor, detaching the module's
+            # parameters from the optimiser. Swapping each parameter once reaches both names, as they share a module.
+            return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
 
         return learn_confidence(
             forward,
@@ -257,8 +268,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnU-Net's resume, refusing a checkpoint written under another DALE configuration (unless overridden)."""
         checkpoint = filename_or_checkpoint
-        if isinstance(checkpoint, str):
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if isinstance(checkpoint, str):  # memory-mapped: only the logging entry is read here
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
         saved = checkpoint.get("logging", {}).get("_dale_config")
         current = self.dale_config.to_dict()
         if saved != current and os.environ.get(ALLOW_CONFIG_CHANGE, "0").lower() not in ("1", "true", "yes"):
@@ -269,7 +280,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 f"Resume with the same settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
                 f"({current})."
             )
-        super().load_checkpoint(checkpoint)
+        super().load_checkpoint(filename_or_checkpoint)
 
 
 class _NoFeatures:

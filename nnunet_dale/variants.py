@@ -18,7 +18,12 @@ class _Schedule:
     val_iterations: int = 50
 
     def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
     ):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.epochs

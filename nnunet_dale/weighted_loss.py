@@ -10,7 +10,7 @@ Deep supervision: wrap in nnU-Net's `DeepSupervisionWrapper` and pass one weight
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,4 +122,6 @@ def weight_pyramid(weight: torch.Tensor, targets: torch.Tensor | Sequence[torch.
     """Resample a voxel weight map to every deep-supervision target's size (area averaging), like the targets."""
     if isinstance(targets, torch.Tensor):
         return weight
-    return [weight if t.shape[2:] == weight.shape[2:] else F.interpolate(weight, t.shape[2:], mode="area") for t in targets]
+    return [
+        weight if t.shape[2:] == weight.shape[2:] else F.interpolate(weight, t.shape[2:], mode="area") for t in targets
+    ]

@@ -43,7 +43,9 @@ def test_w2_is_zero_for_identical_and_batched_over_classes():
     rng = np.random.default_rng(0)
     means = torch.tensor(rng.normal(size=(3, 5)))
     covs = torch.tensor(np.stack([random_spd(rng, 5) for _ in range(3)]))
-    assert torch.allclose(gaussian_w2(means, covs, means, covs, ridge=1e-9), torch.zeros(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(
+        gaussian_w2(means, covs, means, covs, ridge=1e-9), torch.zeros(3, dtype=torch.float64), atol=1e-6
+    )
     shifted = gaussian_w2(means, covs, means + 2.0, covs, ridge=1e-9)
     assert torch.allclose(shifted, torch.full((3,), 4.0 * 5, dtype=torch.float64), atol=1e-6)
 

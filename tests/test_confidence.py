@@ -109,7 +109,7 @@ def test_planted_flipped_labels_get_lower_omega_and_are_flagged_noisy():
     assert conf.noisy[flipped].double().mean() > 0.8
     assert conf.clean[untouched].double().mean() > 0.8
     assert conf.omega[flipped].mean() < 1 < conf.omega[untouched].mean()
-    # Adam's first step moves a voxel whose hypergradient is well above Adam's eps by about lr; non-fuzzy voxels stay at 1
+    # Adam's first step moves a voxel whose hypergradient is well above Adam's eps by about lr; non-fuzzy ones stay at 1
     assert torch.allclose(conf.omega[m_f == 0], torch.ones(1, dtype=torch.float64))
     assert ((conf.update[m_f > 0].abs() - 0.1).abs() < 1e-3).double().mean() > 0.95
 

@@ -23,7 +23,11 @@ def slow_entropy(image, patch, bins):
         per_channel = []
         for ch in image:
             lo, hi = ch.min(), ch.max()
-            levels = np.zeros(ch.shape, int) if hi == lo else np.minimum(((ch - lo) / (hi - lo) * bins).astype(int), bins - 1)
+            levels = (
+                np.zeros(ch.shape, int)
+                if hi == lo
+                else np.minimum(((ch - lo) / (hi - lo) * bins).astype(int), bins - 1)
+            )
             counts = np.bincount(levels[sl].ravel(), minlength=bins)
             p = counts[counts > 0] / counts.sum()
             per_channel.append(-(p * np.log(p)).sum())

@@ -1,0 +1,62 @@
+"""Shared fixtures: nnU-Net folders in temporary paths, a small generated dataset planned and preprocessed once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def nnunet_dirs(tmp_path_factory) -> dict[str, Path]:
+    """nnUNet_raw / _preprocessed / _results in a session temporary folder, set for the whole session."""
+    root = tmp_path_factory.mktemp("nnunet")
+    dirs = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for d in dirs.values():
+        d.mkdir()
+    patch = pytest.MonkeyPatch()
+    for name, path in dirs.items():
+        patch.setenv(name, str(path))
+    patch.setenv("nnUNet_def_n_proc", "1")
+    patch.setenv("nnUNet_n_proc_DA", "1")  # the planner needs >= 1; loaders in tests use `single_process_loader`
+    for key in [k for k in os.environ if k.startswith("NNUNET_DALE_")]:
+        patch.delenv(key)
+    yield dirs
+    patch.undo()
+
+
+def plan_and_preprocess(dataset_id: int, configurations: tuple[str, ...] = ("2d",)) -> None:
+    """nnU-Net's planning and preprocessing through its Python API (the CLI is tested end to end elsewhere)."""
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+
+    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
+    plan_experiments([dataset_id])
+    preprocess([dataset_id], configurations=configurations, num_processes=[1] * len(configurations), verbose=False)
+
+
+@pytest.fixture(scope="session")
+def dataset_2d(nnunet_dirs) -> int:
+    """A small 2D lesion dataset (64 x 64, 10 training cases), planned and preprocessed for the 2d configuration."""
+    from nnunet_dale.benchmark_data import make_benchmark
+
+    make_benchmark(nnunet_dirs["nnUNet_raw"], dataset_id=990, num_train=10, num_test=4, size=64, seed=0)
+    plan_and_preprocess(990)
+    return 990
+
+
+def single_process_loader(trainer):
+    """The trainer's training loader with augmentation in this process (nnUNet_n_proc_DA=0): no worker to leak."""
+    previous = os.environ.get("nnUNet_n_proc_DA")
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    try:
+        return trainer.get_dataloaders()[0]
+    finally:
+        os.environ["nnUNet_n_proc_DA"] = previous if previous is not None else "1"

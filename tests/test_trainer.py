@@ -1,0 +1,166 @@
+"""nnUNetTrainerDALE built against the installed nnU-Net from a generated dataset's plans."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from conftest import single_process_loader
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_dale.config import DALEConfigError
+from nnunet_dale.progress import DALE_STATS
+from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
+from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega
+
+
+def build(cls, dataset_id: int, initialize: bool = True):
+    folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
+    plans = load_json(folder / "nnUNetPlans.json")
+    plans["continue_training"] = False
+    trainer = cls(plans, "2d", 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
+    if initialize:
+        trainer.initialize()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def batch(dataset_2d):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return next(single_process_loader(build(nnUNetTrainerDALE, dataset_2d)))
+
+
+def copy_batch(batch):
+    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
+
+
+def test_one_dale_step_changes_parameters_and_logs_statistics(dataset_2d, batch):
+    trainer = build(nnUNetTrainerDALE, dataset_2d)
+    before = {n: p.detach().clone() for n, p in trainer.network.named_parameters()}
+    outputs = [trainer.train_step(copy_batch(batch)) for _ in range(2)]
+    for out in outputs:
+        assert set(out) == {"loss", *DALE_STATS}
+        assert all(np.isfinite(v) for v in out.values())
+    out = outputs[0]
+    assert 0 < out["dale_fuzzy_fraction"] < 1
+    assert 0 < out["dale_noisy_share"] < 1
+    assert 0.9 - 1e-4 <= out["dale_mean_omega"] <= 1.1 + 1e-4  # one Adam step of lr 0.1 from omega = 1
+    assert out["dale_l_w"] > 0
+    changed = [n for n, p in trainer.network.named_parameters() if not torch.equal(p, before[n])]
+    # every parameter moves except the lowest deep-supervision head, whose loss weight is 0 in nnU-Net
+    assert set(before) - set(changed) == {"decoder.seg_layers.0.weight", "decoder.seg_layers.0.bias"}
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+    # the network's parameters are still the optimiser's (the functional shadow network must not swap them out)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in trainer.network.parameters()} == optimised
+
+    # per-epoch statistics reach nnU-Net's logger, log file and progress plot
+    trainer.current_epoch = 0
+    trainer.on_epoch_start()
+    trainer.logger.log("lrs", 0.01, 0)
+    trainer.on_train_epoch_end(outputs)
+    for key in DALE_STATS:
+        assert trainer.logger.get_value(key, step=0) == pytest.approx(np.mean([o[key] for o in outputs]), rel=1e-5)
+    trainer.logger.log("val_losses", 0.5, 0)
+    trainer.logger.log("mean_fg_dice", 0.5, 0)
+    trainer.logger.log("dice_per_class_or_region", [0.5], 0)
+    trainer.logger.log("epoch_end_timestamps", 1.0, 0)
+    trainer.logger.plot_progress_png(trainer.output_folder)
+    image = plt.imread(Path(trainer.output_folder) / "progress.png")
+    assert image.shape[0] > 5400  # nnU-Net's three panels are 5400 px high; DALE's panel is appended below
+    log_text = Path(trainer.log_file).read_text()
+    assert "DALE fuzzy fraction" in log_text and "noisy share" in log_text
+
+
+def fuzzy_step_gradients(dataset_id, batch, alpha, site):
+    """Parameter gradients of the fuzzy step (the second optimiser step) from a fixed start."""
+    os.environ["NNUNET_DALE_ALPHA"] = str(alpha)
+    os.environ["NNUNET_DALE_FEATURE_SITE"] = site
+    try:
+        torch.manual_seed(0)
+        trainer = build(nnUNetTrainerDALE, dataset_id)
+    finally:
+        del os.environ["NNUNET_DALE_ALPHA"], os.environ["NNUNET_DALE_FEATURE_SITE"]
+    grads = []
+
+    def capture(loss):
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None})
+        trainer.optimizer.step()
+
+    trainer._optimizer_step = capture
+    torch.manual_seed(1)
+    trainer.train_step(copy_batch(batch))
+    return grads[1]
+
+
+@pytest.mark.parametrize("site", ["head", "bottleneck"])
+def test_alignment_gradient_reaches_the_network_through_the_feature_path(dataset_2d, batch, site):
+    without = fuzzy_step_gradients(dataset_2d, batch, 0.0, site)
+    with_lw = fuzzy_step_gradients(dataset_2d, batch, 0.5, site)
+    differs = {n for n in without if not torch.allclose(without[n], with_lw[n], rtol=1e-5, atol=1e-8)}
+    if site == "head":
+        # L_W acts on the input of the final head: the head's own weights see no change, the layers below do
+        assert not any(n.startswith("decoder.seg_layers") for n in differs)
+        assert any(n.startswith("decoder.stages.3") for n in differs)
+        assert any(n.startswith("encoder.stages.0") for n in differs)
+    else:
+        # L_W acts on the bottleneck output: only encoder parameters can change
+        assert differs and all(n.startswith("encoder.") for n in differs)
+        assert any(n.startswith("encoder.stages.4") for n in differs)
+
+
+def test_ablation_variants(dataset_2d, batch):
+    no_omega = build(nnUNetTrainerDALE_noOmega, dataset_2d)
+    out = no_omega.train_step(copy_batch(batch))
+    assert out["dale_mean_omega"] == pytest.approx(1.0) and out["dale_noisy_share"] == 0
+    assert out["dale_l_w"] > 0
+    no_lw = build(nnUNetTrainerDALE_noLW, dataset_2d)
+    assert no_lw.feature_tap is None
+    out = no_lw.train_step(copy_batch(batch))
+    assert out["dale_l_w"] == 0 and out["dale_mean_omega"] != pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"NNUNET_DALE_TAU": "1.5"}, "tau must be a number in"),
+        ({"NNUNET_DALE_ALPHA": "-1"}, "alpha must be"),
+        ({"NNUNET_DALE_LOOKAHEAD_STEPS": "0"}, "lookahead_steps must be"),
+        ({"NNUNET_DALE_FEATURE_SITE": "middle"}, "feature_site must be one of"),
+        ({"NNUNET_DALE_PATCH_SIZE": "128"}, "larger than the network's patch size"),
+        ({"NNUNET_DALE_TAU": "high"}, "cannot read 'high'"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_trainer_start(dataset_2d, monkeypatch, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(DALEConfigError, match=message):
+        build(nnUNetTrainerDALE, dataset_2d, initialize=False)
+
+
+def test_config_recorded_in_checkpoint_and_debug_json_and_checked_on_resume(dataset_2d, monkeypatch):
+    trainer = build(nnUNetTrainerDALE, dataset_2d)
+    trainer._save_debug_information()
+    debug = json.loads((Path(trainer.output_folder) / "debug.json").read_text())
+    assert "tau=0.9" in debug["dale_config"] and debug["dale_patch_size"] == "(16, 16)"
+    checkpoint = Path(trainer.output_folder) / "checkpoint_test.pth"
+    trainer.save_checkpoint(str(checkpoint))
+    saved = torch.load(checkpoint, weights_only=False)["logging"]["_dale_config"]
+    assert saved["tau"] == 0.9 and saved["feature_site"] == "head"
+
+    build(nnUNetTrainerDALE, dataset_2d).load_checkpoint(str(checkpoint))  # same configuration: fine
+    monkeypatch.setenv("NNUNET_DALE_TAU", "0.8")
+    changed = build(nnUNetTrainerDALE, dataset_2d)
+    with pytest.raises(DALEConfigError, match="changed: tau"):
+        changed.load_checkpoint(str(checkpoint))
+    monkeypatch.setenv("NNUNET_DALE_ALLOW_CONFIG_CHANGE", "1")
+    changed.load_checkpoint(str(checkpoint))
+    assert unwrap(changed.network) is changed.network
