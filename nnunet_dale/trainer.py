@@ -6,6 +6,7 @@ Everything but `train_step` (planning, data loading, augmentation, validation, i
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -102,6 +103,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self.logger.update_config({"dale": config.to_dict(), "dale_patch_size": list(self.dale_patch_size)})
         self.dale_loss: nn.Module | None = None
         self.feature_tap: FeatureTap | None = None
+        self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
         self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
 
     # ------------------------------------------------------------------ set-up
@@ -139,24 +141,27 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         full_target = target[0] if isinstance(target, list) else target
 
         # line 3: split the batch into D_n and D_f (Eq. 3-7)
-        split = fuzzy_split(
-            data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
-        )
-        x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
-        nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
-        fuzzy_weights = weight_pyramid(split.fuzzy, target)
+        with self._phase("split"):
+            split = fuzzy_split(
+                data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
+            )
+            x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
+            nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
+            fuzzy_weights = weight_pyramid(split.fuzzy, target)
 
         # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast(), self._features() as tap_n:
-            loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
-        features_n = tap_n.value.detach() if tap_n.value is not None else None
-        self._optimizer_step(loss_n)
+        with self._phase("nonfuzzy_step"):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast(), self._features() as tap_n:
+                loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
+            features_n = tap_n.value.detach() if tap_n.value is not None else None
+            self._optimizer_step(loss_n)
 
         # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast(), self._features() as tap_f:
-            output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
+        with self._phase("fuzzy_forward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast(), self._features() as tap_f:
+                output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
 
         def fuzzy_loss(output, omega):
             return self.dale_loss(output, target, weight_pyramid(omega * split.fuzzy, target), fuzzy_weights)
@@ -164,17 +169,20 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         def nonfuzzy_loss(output):
             return self.dale_loss(output, target, nonfuzzy_weights)
 
-        confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss)
+        with self._phase("omega"):
+            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss)
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
-        alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
+        with self._phase("alignment"):
+            alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
         fuzzy_mass = split.fuzzy.sum().clamp_min(1e-8)
         mean_omega = (confidence.omega * split.fuzzy).sum() / fuzzy_mass
-        with self._autocast():
-            loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
 
         # line 14: optimise theta_f on D_f (Eq. 2)
-        self._optimizer_step(loss_f)
+        with self._phase("fuzzy_step"):
+            with self._autocast():
+                loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
+            self._optimizer_step(loss_f)
 
         noisy_share = (confidence.noisy * split.fuzzy).sum() / fuzzy_mass
         stats = torch.stack(
@@ -182,6 +190,19 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         ).float()
         loss, *dale = stats.cpu().numpy()  # one host sync per step, like nnU-Net's own train_step
         return {"loss": loss, **dict(zip(DALE_STATS, dale))}
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        """Times a phase of the step into `self.phase_times` when a benchmark set it to a dict (else free)."""
+        if self.phase_times is None:
+            yield
+            return
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        synchronize()
+        start = time.perf_counter()
+        yield
+        synchronize()
+        self.phase_times[name] = self.phase_times.get(name, 0.0) + time.perf_counter() - start
 
     @contextmanager
     def _features(self) -> Iterator[Any]:

@@ -79,7 +79,20 @@ class nnUNetTrainerDALE_250epochs(_Schedule, nnUNetTrainerDALE):
     epochs = 250
 
 
-# --- tiny schedules for smoke tests and CPU demos, with a default-nnU-Net twin of the same length
+# --- the demo's schedule (nnunet-dale demo): both trainers see the same batches count
+class nnUNetTrainer_demo(_Schedule, nnUNetTrainer):
+    """Default nnU-Net with the demo's short CPU schedule."""
+
+    epochs, iterations, val_iterations = 30, 25, 10
+
+
+class nnUNetTrainerDALE_demo(_Schedule, nnUNetTrainerDALE):
+    """DALE with the demo's short CPU schedule."""
+
+    epochs, iterations, val_iterations = 30, 25, 10
+
+
+# --- tiny schedules for smoke tests, with a default-nnU-Net twin of the same length
 class nnUNetTrainer_quick(_Schedule, nnUNetTrainer):
     """Default nnU-Net, 2 epochs x 10 iterations (5 validation iterations)."""
 

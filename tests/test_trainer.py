@@ -20,11 +20,11 @@ from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
 from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega
 
 
-def build(cls, dataset_id: int, initialize: bool = True):
+def build(cls, dataset_id: int, initialize: bool = True, configuration: str = "2d"):
     folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
     plans = load_json(folder / "nnUNetPlans.json")
     plans["continue_training"] = False
-    trainer = cls(plans, "2d", 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
+    trainer = cls(plans, configuration, 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
     if initialize:
         trainer.initialize()
     return trainer

@@ -2,6 +2,7 @@
 
 from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import (
+    nnUNetTrainer_demo,
     nnUNetTrainer_quick,
     nnUNetTrainerDALE_5epochs,
     nnUNetTrainerDALE_50epochs,
@@ -9,6 +10,7 @@ from nnunet_dale.variants import (
     nnUNetTrainerDALE_250epochs,
     nnUNetTrainerDALE_AEonly,
     nnUNetTrainerDALE_bottleneck,
+    nnUNetTrainerDALE_demo,
     nnUNetTrainerDALE_ERonly,
     nnUNetTrainerDALE_noLW,
     nnUNetTrainerDALE_noOmega,
@@ -26,6 +28,8 @@ __all__ = [
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_noLW",
     "nnUNetTrainerDALE_noOmega",
+    "nnUNetTrainerDALE_demo",
     "nnUNetTrainerDALE_quick",
+    "nnUNetTrainer_demo",
     "nnUNetTrainer_quick",
 ]

@@ -1,0 +1,149 @@
+"""`nnunet-dale demo`: the built-in benchmark end to end with real nnU-Net, default trainer vs DALE.
+
+generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (both trainers, same short
+schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table and PNG.
+Everything lives in one output folder; finished steps are reused when the demo is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_dale import trainers_path
+from nnunet_dale.benchmark_data import make_benchmark
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo generates and trains; the defaults fit in about 20 minutes on 2 CPU cores."""
+
+    dataset_id: int = 990
+    num_train: int = 40
+    num_test: int = 20
+    size: int = 64
+    seed: int = 0
+    noise: float = 1.0
+    baseline: str = "nnUNetTrainer_demo"
+    dale: str = "nnUNetTrainerDALE_demo"
+    fold: int = 0
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message names the step and its log file."""
+
+
+class Demo:
+    def __init__(self, out_dir: Path, settings: DemoSettings = DemoSettings()):
+        self.out = Path(out_dir).resolve()
+        self.s = settings
+        self.raw = self.out / "nnUNet_raw"
+        self.logs = self.out / "logs"
+        self.env = {
+            **os.environ,
+            "nnUNet_raw": str(self.raw),
+            "nnUNet_preprocessed": str(self.out / "nnUNet_preprocessed"),
+            "nnUNet_results": str(self.out / "nnUNet_results"),
+            "nnUNet_extTrainer": str(trainers_path()),
+            "nnUNet_def_n_proc": "1",
+            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1"),
+            "nnUNet_compile": "false",
+        }
+
+    # ------------------------------------------------------------------ steps
+    def run(self) -> Path:
+        start = time.perf_counter()
+        for d in (self.raw, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self._say("1/6 benchmark data")
+        self.dataset = make_benchmark(
+            self.raw, self.s.dataset_id, num_train=self.s.num_train, num_test=self.s.num_test, size=self.s.size,
+            seed=self.s.seed, noise=self.s.noise,
+        )  # fmt: skip
+        self._say("2/6 nnU-Net planning and preprocessing")
+        self._once("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(self.s.dataset_id), "-c", "2d",
+                            "-np", "2", "-npfp", "2"])  # fmt: skip
+        evaluations = {}
+        for trainer in (self.s.baseline, self.s.dale):
+            self._say(f"3/6 training {trainer}")
+            self._train(trainer)
+        for trainer in (self.s.baseline, self.s.dale):
+            self._say(f"4/6 predicting the test cases with {trainer}")
+            pred = self.out / "predictions" / trainer
+            self._once(f"predict_{trainer}", ["nnUNetv2_predict", "-i", str(self.dataset / "imagesTs"), "-o",
+                       str(pred), "-d", str(self.s.dataset_id), "-c", "2d", "-f", str(self.s.fold), "-tr", trainer,
+                       "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
+            self._say(f"5/6 evaluating {trainer} against the clean test labels")
+            evaluations[trainer] = self._evaluate(pred)
+        self._say("6/6 comparison")
+        table = self._compare(evaluations)
+        print(table, flush=True)
+        minutes = (time.perf_counter() - start) / 60
+        self._say(f"done in {minutes:.1f} min. Everything is in {self.out}")
+        return self.out
+
+    def _train(self, trainer: str) -> None:
+        folder = self._result_folder(trainer)
+        if (folder / "validation" / "summary.json").is_file():
+            self._say(f"   reusing the finished training in {folder}")
+            return
+        cmd = ["nnUNetv2_train", str(self.s.dataset_id), "2d", str(self.s.fold), "-tr", trainer, "-device", "cpu"]
+        resumable = any((folder / f"checkpoint_{k}.pth").is_file() for k in ("latest", "final"))
+        self._call(f"train_{trainer}", cmd + (["--c"] if resumable else []))
+
+    def _evaluate(self, pred: Path) -> Path:
+        from nnunet_dale.evaluation import evaluate_folders
+
+        out = self.out / "evaluation" / pred.name
+        if not (out / "summary.json").is_file():
+            evaluate_folders(pred, self.dataset / "labelsTs", out)
+        return out
+
+    def _compare(self, evaluations: dict[str, Path]) -> str:
+        from nnunet_dale.compare import compare, format_table
+
+        runs = {"nnU-Net": [evaluations[self.s.baseline]], "DALE": [evaluations[self.s.dale]]}
+        result = compare(runs, self.out / "comparison", images_dir=self.dataset / "imagesTs")
+        return format_table(result)
+
+    # ------------------------------------------------------------------ plumbing
+    def _result_folder(self, trainer: str) -> Path:
+        name = self.dataset.name
+        return self.out / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__2d" / f"fold_{self.s.fold}"
+
+    def _once(self, name: str, cmd: list[str]) -> None:
+        marker = self.out / ".done" / name
+        if marker.is_file():
+            self._say(f"   reusing finished step ({marker.name})")
+            return
+        self._call(name, cmd)
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+
+    def _call(self, name: str, cmd: list[str]) -> None:
+        """Run a command, showing its output live and keeping it in logs/<name>.log."""
+        log = self.logs / f"{name}.log"
+        with open(log, "w") as f, subprocess.Popen(
+            [str(BIN / cmd[0]), *cmd[1:]], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc:  # fmt: skip
+            for line in proc.stdout:
+                f.write(line)
+                if line.strip():
+                    print("   " + line.rstrip(), flush=True)
+        if proc.returncode != 0:
+            raise DemoError(f"step {name!r} failed (exit code {proc.returncode}); its output is in {log}")
+
+    @staticmethod
+    def _say(text: str) -> None:
+        print(f"[nnunet-dale demo] {text}", flush=True)
+
+
+def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> Path:
+    """Run (or finish) the demo in `out_dir`; returns that folder."""
+    return Demo(out_dir, settings).run()
