@@ -11,7 +11,6 @@ All lengths are given in pixels of a 64-pixel image (``REFERENCE_SIZE``) and sca
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import os
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from nnunet_dale.evaluation import dice
 
 GENERATOR_VERSION = 1
 REFERENCE_SIZE = 64
@@ -85,13 +86,6 @@ def lesion_fuzziness(
     w_c, w_b, w_i = FUZZINESS_WEIGHTS
     score = w_c * c + w_b * b + w_i * i
     return float(score) if score.ndim == 0 else score
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary masks; 1.0 when both are empty."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def miss_probability(fuzziness: float, noise: float = 1.0) -> float:
@@ -703,41 +697,3 @@ def plot_noise_examples(
     fig.savefig(output, dpi=dpi)
     plt.close(fig)
     return output
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nnunet_dale.benchmark_data RAW_ROOT [options]``: write the benchmark, print its noise summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("raw_root", type=Path, help="the nnUNet_raw folder")
-    parser.add_argument("--dataset-id", type=int, default=990)
-    parser.add_argument("--name", default="DALEBench")
-    parser.add_argument("--num-train", type=int, default=40)
-    parser.add_argument("--num-test", type=int, default=20)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=1.0)
-    parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--figure", type=Path, help="also write plot_noise_examples to this PNG")
-    args = parser.parse_args(argv)
-    folder = make_benchmark(
-        args.raw_root,
-        dataset_id=args.dataset_id,
-        name=args.name,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        size=args.size,
-        seed=args.seed,
-        noise=args.noise,
-        dims=args.dims,
-        overwrite=args.overwrite,
-    )
-    print(folder)
-    print(json.dumps(json.loads((folder / "cases.json").read_text())["summary"], indent=1))
-    if args.figure:
-        print(plot_noise_examples(folder, args.figure))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -30,7 +30,7 @@ def _cmd_trainers_path(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
-    from nnunet_dale.benchmark_data import make_benchmark
+    from nnunet_dale.benchmark_data import make_benchmark, plot_noise_examples
 
     folder = make_benchmark(
         _raw_root(args.raw),
@@ -45,6 +45,9 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(folder)
+    print(json.dumps(json.loads((folder / "cases.json").read_text())["summary"], indent=1))
+    if args.figure:
+        print(plot_noise_examples(folder, Path(args.figure)))
     return 0
 
 
@@ -97,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=1.0, help="annotator noise strength (0 = clean labels)")
     p.add_argument("--dims", type=int, default=2, choices=(2, 3))
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--figure", help="also write a PNG of example cases (image, clean, noisy label, difference)")
     p.set_defaults(func=_cmd_make_benchmark)
 
     p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASD and fuzzy-region Dice of a prediction folder")

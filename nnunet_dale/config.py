@@ -130,6 +130,12 @@ def load_config(
     return base.replace(**changes)
 
 
+def default_patch_size(spacing: Sequence[float], cap: Sequence[int], base: int = 16) -> tuple[int, ...]:
+    """`base` voxels along the finest axis and the same physical length along coarser ones, capped at `cap`."""
+    finest = min(spacing)
+    return tuple(min(int(n), max(1, round(base * finest / s))) for s, n in zip(spacing, cap))
+
+
 def resolve_patch_size(
     config: DALEConfig, network_patch: Sequence[int], spacing: Sequence[float], base: int = 16
 ) -> tuple[int, ...]:
@@ -142,8 +148,7 @@ def resolve_patch_size(
         if len(patch) != dims:
             raise DALEConfigError(f"DALE patch_size {config.patch_size} has {len(patch)} axes; the plan is {dims}D")
     else:
-        finest = min(spacing)
-        return tuple(min(n, max(1, round(base * finest / s))) for s, n in zip(spacing, network_patch))
+        return default_patch_size(spacing, network_patch, base)
     if any(p > n for p, n in zip(patch, network_patch)):
         raise DALEConfigError(
             f"DALE patch_size {patch} is larger than the network's patch size {tuple(network_patch)} along some axis"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from nnunet_dale.config import default_patch_size
 from nnunet_dale.split import fuzzy_split, patch_grid
 
 METRICS = ("Dice", "IoU", "HD95", "ASD")
@@ -98,7 +99,9 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice overlap of two binary masks; 1.0 when both are empty."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     n_pred, n_ref = int(pred.sum()), int(ref.sum())
     if n_pred + n_ref == 0:
         return 1.0
@@ -136,7 +139,7 @@ def case_metrics(
         n_pred, n_ref = int(p.sum()), int(r.sum())
         union = int(np.count_nonzero(p | r))
         entry: dict[str, float] = {}
-        entry["Dice"] = _dice(p, r)
+        entry["Dice"] = dice(p, r)
         entry["IoU"] = 1.0 if union == 0 else int(np.count_nonzero(p & r)) / union
         if n_pred == 0 and n_ref == 0:
             entry["HD95"], entry["ASD"] = 0.0, 0.0
@@ -149,16 +152,9 @@ def case_metrics(
         entry["n_ref"] = n_ref
         entry["n_pred"] = n_pred
         if fuzzy_mask is not None:
-            entry[FUZZY_METRIC] = _dice(p & fuzzy_mask, r & fuzzy_mask) if fuzzy_mask.any() else math.nan
+            entry[FUZZY_METRIC] = dice(p & fuzzy_mask, r & fuzzy_mask) if fuzzy_mask.any() else math.nan
         results[int(label)] = entry
     return results
-
-
-def fuzzy_patch_size(shape: Sequence[int], spacing: Sequence[float], base: int = FUZZY_PATCH_BASE) -> tuple[int, ...]:
-    """`base` voxels along the finest axis and the same physical length along coarser ones, capped at the image size
-    (the rule the trainer uses for its default split patch, config.resolve_patch_size)."""
-    finest = min(spacing)
-    return tuple(min(int(n), max(1, round(base * finest / s))) for s, n in zip(spacing, shape, strict=True))
 
 
 def reference_fuzzy_mask(
@@ -171,14 +167,19 @@ def reference_fuzzy_mask(
 
     m is the AE&ER split's per-patch score with the edge criterion only (fuzzy_split(use_entropy=False)): the share of
     label-edge voxels in the patch (Eq. 4), min-max normalised over the image's patches (Eq. 5). Patches default to
-    `fuzzy_patch_size(ref.shape, spacing)` (16 voxels per axis for isotropic images). A reference with fewer than two
-    patches, or whose patches all have the same edge ratio (e.g. no foreground), has an empty fuzzy region.
+    the trainer's default split patch (`config.default_patch_size`: 16 voxels per axis for isotropic images). A
+    reference with fewer than two patches, or whose patches all have the same edge ratio (e.g. no foreground), has
+    an empty fuzzy region.
     """
     ref = np.asarray(ref)
     if ref.ndim not in (2, 3):
         raise ValueError(f"reference must be 2D or 3D, got shape {ref.shape}")
     spacing = (1.0,) * ref.ndim if spacing is None else _check_spacing(spacing, ref.ndim)
-    patch = tuple(int(p) for p in patch_size) if patch_size is not None else fuzzy_patch_size(ref.shape, spacing)
+    patch = (
+        tuple(int(p) for p in patch_size)
+        if patch_size is not None
+        else default_patch_size(spacing, ref.shape, FUZZY_PATCH_BASE)
+    )
     labels = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None, None]
     split = fuzzy_split(labels, labels, patch, use_entropy=False, use_edges=True)
     grid = patch_grid(tuple(ref.shape), patch, labels.device)
