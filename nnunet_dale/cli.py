@@ -68,6 +68,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_run(value: str) -> tuple[str, list[Path]]:
+    name, sep, dirs = value.partition("=")
+    folders = [Path(d) for d in dirs.split(",") if d]
+    if not sep or not name or not folders:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR[,DIR...], got {value!r}")
+    return name, folders
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from nnunet_dale.compare import DEFAULT_METRICS, compare, format_table
+
+    runs: dict[str, list[Path]] = {}
+    for name, folders in args.runs:
+        if name in runs:
+            raise ValueError(f"method {name!r} given twice (list its folders comma-separated)")
+        runs[name] = folders
+    result = compare(
+        runs,
+        Path(args.output),
+        baseline=args.baseline,
+        images_dir=Path(args.images) if args.images else None,
+        omega_dir=Path(args.omega) if args.omega else None,
+        num_examples=args.examples,
+        metrics=args.metrics or DEFAULT_METRICS,
+        label=args.label,
+    )
+    print(format_table(result), end="")
+    print(f"wrote {Path(args.output) / 'comparison.md'}, comparison.json and comparison.png")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nnunet_dale.converters import add_test_set, convert
+
+    raw = Path(args.raw) if args.raw else None  # None: $nnUNet_raw
+    if args.add_test_set:
+        folder = add_test_set(
+            args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, set_name=args.name,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    else:
+        folder = convert(
+            args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, dataset_name=args.name,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+    print(folder)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_dale.demo import DemoSettings, run_demo
 
@@ -112,6 +161,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fuzzy", action="store_true", help="skip the fuzzy-region Dice")
     p.add_argument("-np", type=int, default=1, help="processes")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare evaluated methods: mean ± sd, paired t-tests, per-case figure")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=_parse_run,
+        metavar="NAME=DIR[,DIR...]",
+        help="a method and its evaluation folders (one per run/seed); the first method is the baseline",
+    )
+    p.add_argument("-o", "--output", required=True, help="folder for comparison.md/.json/.png")
+    p.add_argument("--baseline", help="baseline method (default: the first)")
+    p.add_argument("--images", help="images folder (<case>_0000.png/.nii.gz) for the overlays")
+    p.add_argument("--omega", help="folder of per-case omega maps <case>.npy")
+    p.add_argument("--examples", type=int, default=4, help="example cases in the figure")
+    p.add_argument("--metrics", nargs="+", help="default: Dice IoU HD95 ASD Dice_fuzzy")
+    p.add_argument("--label", help="one class label (default: every foreground class)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("convert", help="public dataset (official layout or .zip) -> nnU-Net raw dataset")
+    p.add_argument("dataset", choices=["isic2016", "isic2017", "ph2", "kvasir", "polyp", "mosmed", "busi"])
+    p.add_argument("source", help="the dataset's folder as downloaded (or its .zip)")
+    p.add_argument("--id", type=int, required=True, help="nnU-Net dataset id")
+    p.add_argument("--max-size", type=int, help="downsample: longer side at most PX")
+    p.add_argument("--name", help="dataset name (default e.g. ISIC2017); with --add-test-set: the test set name")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument("--add-test-set", action="store_true", help="add as imagesTs_<name> to existing dataset --id")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 20 min on 2 cores)")
     p.add_argument("-o", "--output", default="dale_demo", help="output folder (default ./dale_demo); reused if present")

@@ -51,28 +51,58 @@ def shadow_parameters(
     return {n: (params[n].detach() - lr * g).requires_grad_() for n, g in zip(names, grads)}
 
 
-def confidence_hypergradient(
-    forward: Forward,
-    params: Mapping[str, torch.Tensor],
-    x_fuzzy: torch.Tensor,
-    fuzzy_outputs: Any,
-    fuzzy_loss: OutputLoss,
-    omega: torch.Tensor,
-    direction: Mapping[str, torch.Tensor],
-    lr: float,
-) -> torch.Tensor:
-    """Eq. 11: dL_n(theta_p)/domega = -lr * d/domega <grad_z L_p(z; omega), J z . v> with v = `direction`."""
+def output_tangent(
+    forward: Forward, params: Mapping[str, torch.Tensor], x: torch.Tensor, direction: Mapping[str, torch.Tensor]
+) -> Any:
+    """J_theta z . v: the change of the outputs z = forward(params, x) along `direction`, by one forward-mode JVP."""
     names = list(params)
     primals = tuple(params[n].detach() for n in names)
     tangents = tuple(direction[n] for n in names)
-    _, z_dot = torch.func.jvp(lambda *p: forward(dict(zip(names, p)), x_fuzzy), primals, tangents)
+    return torch.func.jvp(lambda *p: forward(dict(zip(names, p)), x), primals, tangents)[1]
+
+
+def output_difference(
+    forward: Forward,
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    outputs: Any,
+    direction: Mapping[str, torch.Tensor],
+    step: float = 0.01,
+) -> Any:
+    """Fast-mode stand-in for `output_tangent`: (z(theta + eps v) - z(theta)) / eps with eps = step / |v|."""
+    norm = torch.sqrt(sum(d.pow(2).sum() for d in direction.values())).clamp_min(1e-12)
+    eps = step / norm
+    with torch.no_grad():
+        moved = forward({n: p.detach() + eps * direction[n] for n, p in params.items()}, x)
+    return tree_map(lambda a, b: (a.float() - b.detach().float()) / eps, moved, outputs)
+
+
+def confidence_hypergradient(
+    fuzzy_outputs: Any, tangent: Any, fuzzy_loss: OutputLoss, omega: torch.Tensor, lr: float
+) -> torch.Tensor:
+    """Eq. 11: dL_n(theta_p)/domega = -lr * d/domega <grad_z L_p(z; omega), J z . v>, given `tangent` = J z . v.
+
+    Only the loss head is differentiated twice; the network enters through the outputs z and their tangent.
+    """
     z = tree_map(lambda t: t.detach().requires_grad_(), fuzzy_outputs)
     z_leaves, _ = tree_flatten(z)
     omega = omega.detach().requires_grad_()
     grad_z = torch.autograd.grad(fuzzy_loss(z, omega), z_leaves, create_graph=True, allow_unused=True)
-    inner = sum((g * t).sum() for g, t in zip(grad_z, tree_flatten(z_dot)[0]) if g is not None)
+    inner = sum((g * t).sum() for g, t in zip(grad_z, tree_flatten(tangent)[0]) if g is not None)
     (d_omega,) = torch.autograd.grad(inner, omega, allow_unused=True, materialize_grads=True)
     return -lr * d_omega
+
+
+def _adam_on_omega(shape, like: torch.Tensor, lr: float, steps: int, hypergradient) -> Confidence:
+    """omega_0 = 1, then `steps` Adam steps along hypergradient(omega)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    omega = torch.ones(shape, device=like.device, dtype=dtype, requires_grad=True)
+    optimiser = torch.optim.Adam([omega], lr=lr)
+    for _ in range(steps):
+        omega.grad = hypergradient(omega.detach())
+        optimiser.step()
+    omega = omega.detach()
+    return Confidence(omega=omega, update=omega - 1.0)
 
 
 def learn_confidence(
@@ -88,7 +118,7 @@ def learn_confidence(
     lr: float = 0.1,
     fuzzy_outputs: Any = None,
 ) -> Confidence:
-    """Eq. 8-11 (Algorithm 1, lines 6-10): K lookahead steps from theta_n, Adam on omega from omega_0 = 1.
+    """Eq. 8-11 (Algorithm 1, lines 6-10), exact: K lookahead steps from theta_n, Adam on omega from omega_0 = 1.
 
     `forward(params, x)` evaluates the network functionally (e.g. `torch.func.functional_call`);
     `fuzzy_loss(outputs, omega)` is L_p, `nonfuzzy_loss(outputs)` is L on the non-fuzzy batch. `fuzzy_outputs` may
@@ -96,17 +126,42 @@ def learn_confidence(
     """
     if fuzzy_outputs is None:
         fuzzy_outputs = forward(params, x_fuzzy)
-    dtype = torch.promote_types(x_fuzzy.dtype, torch.float32)
-    omega = torch.ones(omega_shape, device=x_fuzzy.device, dtype=dtype, requires_grad=True)
-    optimiser = torch.optim.Adam([omega], lr=lr)
-    for _ in range(steps):
-        theta_p = shadow_parameters(params, fuzzy_loss(fuzzy_outputs, omega.detach()), shadow_lr)
-        loss_p = nonfuzzy_loss(forward(theta_p, x_nonfuzzy))
+
+    def hypergradient(omega: torch.Tensor) -> torch.Tensor:
+        theta_p = shadow_parameters(params, fuzzy_loss(fuzzy_outputs, omega), shadow_lr)  # Eq. 8
         names = list(theta_p)
+        loss_p = nonfuzzy_loss(forward(theta_p, x_nonfuzzy))  # Eq. 9
         v = torch.autograd.grad(loss_p, [theta_p[n] for n in names], allow_unused=True, materialize_grads=True)
-        omega.grad = confidence_hypergradient(
-            forward, params, x_fuzzy, fuzzy_outputs, fuzzy_loss, omega, dict(zip(names, v)), shadow_lr
-        )
-        optimiser.step()
-    omega = omega.detach()
-    return Confidence(omega=omega, update=omega - 1.0)
+        tangent = output_tangent(forward, params, x_fuzzy, dict(zip(names, v)))
+        return confidence_hypergradient(fuzzy_outputs, tangent, fuzzy_loss, omega, shadow_lr)  # Eq. 10-11
+
+    return _adam_on_omega(omega_shape, x_fuzzy, lr, steps, hypergradient)
+
+
+def fast_confidence(
+    forward: Forward,
+    params: Mapping[str, torch.Tensor],
+    x_fuzzy: torch.Tensor,
+    fuzzy_outputs: Any,
+    fuzzy_loss: OutputLoss,
+    nonfuzzy_gradient: Mapping[str, torch.Tensor],
+    omega_shape: torch.Size,
+    shadow_lr: float,
+    steps: int = 1,
+    lr: float = 0.1,
+    step: float = 0.01,
+) -> Confidence:
+    """Fast mode (a documented approximation of Eq. 8-11): v = grad L_n(theta_p) is replaced by the non-fuzzy step's
+    own gradient (first order in the learning rate), and J z . v by a forward finite difference. No shadow step,
+    no second non-fuzzy pass, no JVP: one extra forward without graph (two when `fuzzy_outputs` is None)."""
+    if fuzzy_outputs is None:
+        with torch.no_grad():
+            fuzzy_outputs = forward(params, x_fuzzy)
+    tangent = output_difference(forward, params, x_fuzzy, fuzzy_outputs, nonfuzzy_gradient, step)
+    return _adam_on_omega(
+        omega_shape,
+        x_fuzzy,
+        lr,
+        steps,
+        lambda omega: confidence_hypergradient(fuzzy_outputs, tangent, fuzzy_loss, omega, shadow_lr),
+    )

@@ -17,6 +17,7 @@ from typing import Any
 ENV_FILE = "NNUNET_DALE_CONFIG"
 ENV_PREFIX = "NNUNET_DALE_"
 FEATURE_SITES = ("head", "bottleneck")
+OMEGA_MODES = ("exact", "fast")
 
 
 class DALEConfigError(ValueError):
@@ -37,6 +38,7 @@ class DALEConfig:
     use_edges: bool = True  # ER criterion (Table 4 ablation)
     use_omega: bool = True  # learn omega (Eq. 8-11); off: omega = 1
     use_alignment: bool = True  # L_W (Eq. 12-14); off: alpha is ignored
+    omega_mode: str = "exact"  # "exact": Eq. 8-11 with the exact hypergradient; "fast": first-order approximation
     feature_site: str = "head"  # "head": input of the final segmentation layer; "bottleneck": encoder output
     cov_perturbation: float = 0.01  # scale of the random eps of Eq. 13, relative to the mean variance
     ridge: float = 1e-4  # added to covariance diagonals before matrix square roots
@@ -51,6 +53,7 @@ class DALEConfig:
         check(self.entropy_bins >= 2, "entropy_bins", "an integer >= 2")
         check(self.use_entropy or self.use_edges, "use_entropy/use_edges", "at least one of them true")
         check(self.feature_site in FEATURE_SITES, "feature_site", f"one of {FEATURE_SITES}")
+        check(self.omega_mode in OMEGA_MODES, "omega_mode", f"one of {OMEGA_MODES}")
         check(self.cov_perturbation >= 0, "cov_perturbation", "a number >= 0")
         check(self.ridge > 0, "ridge", "a number > 0")
         check(self.min_class_mass >= 0, "min_class_mass", "a number >= 0")

@@ -187,14 +187,14 @@ def reference_fuzzy_mask(
 
 
 # ------------------------------------------------------------------------------------------------------ folders
-def _supported_endings() -> list[str]:
+def supported_endings() -> list[str]:
     from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
 
     return sorted({e.lower() for rw in LIST_OF_IO_CLASSES for e in rw.supported_file_endings}, key=len, reverse=True)
 
 
 def _guess_file_ending(ref_dir: Path) -> str:
-    endings = _supported_endings()
+    endings = supported_endings()
     found = set()
     for f in ref_dir.iterdir():
         if f.is_file():
@@ -208,7 +208,7 @@ def _guess_file_ending(ref_dir: Path) -> str:
     return found.pop()
 
 
-def _read_seg(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_segmentation(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """A segmentation as an integer (H, W) or (D, H, W) array and its spacing in array-axis order."""
     seg, props = reader.read_seg(str(path))
     seg = np.asarray(seg)
@@ -228,8 +228,8 @@ def _read_seg(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequence[int], fuzzy: bool) -> dict:
     reader = reader_class()
-    ref, spacing = _read_seg(reader, ref_file)
-    pred, pred_spacing = _read_seg(reader, pred_file)
+    ref, spacing = read_segmentation(reader, ref_file)
+    pred, pred_spacing = read_segmentation(reader, pred_file)
     if pred.shape != ref.shape:
         raise ValueError(f"shape mismatch for {pred_file.name}: prediction {pred.shape}, reference {ref.shape}")
     if not np.allclose(pred_spacing, spacing, rtol=1e-3):
@@ -248,11 +248,11 @@ def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequen
     }
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):
@@ -339,7 +339,7 @@ def evaluate_folders(
         reader = reader_class()
         present: set[int] = set()
         for f in ref_files:
-            present.update(int(v) for v in np.unique(_read_seg(reader, f)[0]))
+            present.update(int(v) for v in np.unique(read_segmentation(reader, f)[0]))
         labels = sorted(present - {0})
         if not labels:
             raise ValueError(f"the references in {ref_dir} hold no foreground label; pass labels")
@@ -355,7 +355,7 @@ def evaluate_folders(
     metric_names = list(METRICS) + ([FUZZY_METRIC] if fuzzy else [])
     summary = _summarise(cases, labels, metric_names)
     summary["metric_per_case"] = cases
-    summary = _json_safe(summary)
+    summary = json_safe(summary)
 
     columns = ["case", "label", *metric_names, "n_ref", "n_pred", "prediction_file", "reference_file"]
 

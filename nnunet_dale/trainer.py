@@ -29,7 +29,7 @@ from nnunet_dale.alignment import (
     fuzzy_objective,
     resize_to,
 )
-from nnunet_dale.confidence import Confidence, learn_confidence
+from nnunet_dale.confidence import Confidence, fast_confidence, learn_confidence
 from nnunet_dale.config import DALEConfig, DALEConfigError, load_config, resolve_patch_size
 from nnunet_dale.progress import DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
@@ -155,7 +155,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             with self._autocast(), self._features() as tap_n:
                 loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
             features_n = tap_n.value.detach() if tap_n.value is not None else None
-            self._optimizer_step(loss_n)
+            gradient_n = self._optimizer_step(loss_n, keep_gradient=cfg.use_omega and cfg.omega_mode == "fast")
 
         # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
         with self._phase("fuzzy_forward"):
@@ -170,7 +170,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             return self.dale_loss(output, target, nonfuzzy_weights)
 
         with self._phase("omega"):
-            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss)
+            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
@@ -212,9 +212,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             with self.feature_tap.capture() as tap:
                 yield tap
 
-    def _confidence(self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss) -> Confidence:
+    def _confidence(
+        self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss, gradient_n=None
+    ) -> Confidence:
         """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast."""
-        if not self.dale_config.use_omega:
+        cfg = self.dale_config
+        if not cfg.use_omega:
             ones = torch.ones_like(split.fuzzy)
             return Confidence(omega=ones, update=torch.zeros_like(ones))
         module = unwrap(self.network)
@@ -226,19 +229,19 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             # parameters from the optimiser. Swapping each parameter once reaches both names, as they share a module.
             return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
 
+        shared = None if self.device.type == "cuda" else output_f  # an AMP graph is not reused for the meta step
+        lr = self.optimizer.param_groups[0]["lr"]
+        if cfg.omega_mode == "fast":
+            names = [n for n, p in module.named_parameters() if p.requires_grad]
+            direction = dict(zip(names, gradient_n))
+            return fast_confidence(
+                forward, params, x_f, shared, fuzzy_loss, direction, split.fuzzy.shape, lr, cfg.lookahead_steps,
+                cfg.omega_lr,
+            )  # fmt: skip
         return learn_confidence(
-            forward,
-            params,
-            x_f,
-            x_n,
-            fuzzy_loss,
-            nonfuzzy_loss,
-            split.fuzzy.shape,
-            shadow_lr=self.optimizer.param_groups[0]["lr"],
-            steps=self.dale_config.lookahead_steps,
-            lr=self.dale_config.omega_lr,
-            fuzzy_outputs=None if self.device.type == "cuda" else output_f,  # AMP graph is not reused for the meta step
-        )
+            forward, params, x_f, x_n, fuzzy_loss, nonfuzzy_loss, split.fuzzy.shape, lr, cfg.lookahead_steps,
+            cfg.omega_lr, fuzzy_outputs=shared,
+        )  # fmt: skip
 
     def _alignment(self, features_n, features_f, full_target, split: FuzzySplit, confidence: Confidence) -> Alignment:
         """L_W (Eq. 12-14): fuzzy features of clean voxels pulled toward the detached non-fuzzy class Gaussians."""
@@ -260,18 +263,25 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         fuzzy_stats = class_gaussians(features_f, membership, resize_to(split.fuzzy * clean, spatial))
         return alignment_loss(target_stats, fuzzy_stats, cfg.cov_perturbation, cfg.ridge, cfg.min_class_mass)
 
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA)."""
+    def _optimizer_step(self, loss: torch.Tensor, keep_gradient: bool = False) -> list[torch.Tensor] | None:
+        """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA); optionally
+        returns a copy of the clipped, unscaled gradient of the trainable parameters (fast mode's direction)."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        kept = None
+        if keep_gradient:
+            params = [p for p in unwrap(self.network).parameters() if p.requires_grad]
+            kept = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
+        return kept
 
     # ------------------------------------------------------------------ logging and checkpoints
     def on_train_epoch_end(self, train_outputs: list[dict]):

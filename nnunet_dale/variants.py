@@ -62,6 +62,12 @@ class nnUNetTrainerDALE_bottleneck(nnUNetTrainerDALE):
     dale_defaults = {"feature_site": "bottleneck"}
 
 
+class nnUNetTrainerDALE_fast(nnUNetTrainerDALE):
+    """Fast mode: first-order omega (non-fuzzy step's gradient, finite-difference tangent); see docs/method.md."""
+
+    dale_defaults = {"omega_mode": "fast"}
+
+
 # --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)
 class nnUNetTrainerDALE_5epochs(_Schedule, nnUNetTrainerDALE):
     epochs = 5

@@ -90,7 +90,7 @@ def fuzzy_step_gradients(dataset_id, batch, alpha, site):
         del os.environ["NNUNET_DALE_ALPHA"], os.environ["NNUNET_DALE_FEATURE_SITE"]
     grads = []
 
-    def capture(loss):
+    def capture(loss, keep_gradient=False):
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None})
         trainer.optimizer.step()

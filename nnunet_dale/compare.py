@@ -1,0 +1,776 @@
+"""Compare evaluated methods (e.g. default nnU-Net vs DALE): per-metric statistics, paired tests, a figure.
+
+Input: for each method, one or more folders written by `evaluation.evaluate_folders` (or nnU-Net's own evaluation:
+any folder holding a `summary.json` with `metric_per_case`); several folders of one method are several runs (seeds,
+folds trained on the same split, ...). See docs/usage-compare.md.
+
+Statistics, per foreground class and metric, with a method's per-case value = the mean over its runs of the finite
+values (NaN when NaN in every run):
+
+* mean ± sd over the cases with a finite value (sd with ddof=1), and how many cases that is;
+* relative change of a method vs the baseline: (mean_method - mean_baseline) / |mean_baseline| (for HD95 and ASD
+  lower is better, so a negative change is an improvement);
+* p (cases): two-sided paired t-test (scipy.stats.ttest_rel) over the cases where both values are finite, with n;
+* p (runs): when both methods have >= 2 runs, a paired t-test over run means (each run's mean over its finite cases),
+  paired by run index (the first min(#runs) runs); else "n/a (1 run)".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_dale.evaluation import json_safe
+
+DEFAULT_METRICS = ("Dice", "IoU", "HD95", "ASD", "Dice_fuzzy")
+LOWER_IS_BETTER = ("HD95", "ASD")
+SCATTER_METRICS = ("Dice", "HD95")
+KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl", ".png", ".bmp", ".tiff", ".tif")
+FIGURE_DPI = 80
+PANEL_INCHES = 1.75
+SCATTER_INCHES = 2.7
+LARGE_VOLUME = 16_000_000  # voxels: above this the AE&ER map of a 3D case is computed on the shown slab only
+METHOD_COLOURS = ("#1f77b4", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+REFERENCE_COLOUR = "#2ca02c"
+FIGURE_COLUMNS = ("image", "reference", "reference contour", "fuzzy map", "ω")  # not usable as method names
+
+
+# --------------------------------------------------------------------------------------------------------- loading
+def case_name(path: str | os.PathLike) -> str:
+    """File base name without its segmentation ending (.nii.gz, .png, ...; else the last suffix)."""
+    name = Path(str(path)).name
+    for ending in KNOWN_ENDINGS:
+        if name.lower().endswith(ending):
+            return name[: -len(ending)]
+    return Path(name).stem
+
+
+def _summary_path(folder: Path) -> Path:
+    folder = Path(folder)
+    if folder.is_file() and folder.name.endswith(".json"):
+        return folder
+    path = folder / "summary.json"
+    if not path.is_file():
+        what = "does not exist" if not folder.exists() else "has no summary.json"
+        raise FileNotFoundError(f"evaluation folder {folder} {what} (run `nnunet-dale evaluate` on it first)")
+    return path
+
+
+def _load_run(folder: Path) -> dict:
+    """One evaluation folder: {"folder", "summary_path", "cases": {case: {"metrics", "prediction_file", ...}}}."""
+    path = _summary_path(folder)
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    per_case = summary.get("metric_per_case") if isinstance(summary, dict) else None
+    if not isinstance(per_case, list) or not per_case:
+        raise ValueError(f"{path} has no 'metric_per_case' list: not an evaluation summary")
+    cases: dict[str, dict] = {}
+    for i, record in enumerate(per_case):
+        source = record.get("reference_file") or record.get("prediction_file")
+        if not source or not isinstance(record.get("metrics"), dict):
+            raise ValueError(f"{path}: metric_per_case[{i}] lacks reference_file/prediction_file or metrics")
+        name = case_name(source)
+        if name in cases:
+            raise ValueError(f"{path}: case {name!r} appears twice in metric_per_case")
+        cases[name] = record
+    return {"folder": Path(folder), "summary_path": path, "cases": cases}
+
+
+def _names(items, limit: int = 10) -> str:
+    items = sorted(items)
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _check_case_sets(loaded: dict[str, list[dict]]) -> list[str]:
+    every = set().union(*(run["cases"] for runs in loaded.values() for run in runs))
+    problems = []
+    for method, runs in loaded.items():
+        for run in runs:
+            missing = every - set(run["cases"])
+            if missing:
+                problems.append(f"{method} ({run['summary_path']}) lacks {len(missing)}: {_names(missing)}")
+    if problems:
+        raise ValueError(
+            "the methods were evaluated on different case sets (cases are matched by file base name); "
+            + "; ".join(problems)
+        )
+    return sorted(every)
+
+
+def _value(x) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _select_labels(loaded: dict[str, list[dict]], label: str | int | None) -> list[str]:
+    runs = [run for rs in loaded.values() for run in rs]
+    common = None
+    for run in runs:
+        for record in run["cases"].values():
+            keys = set(record["metrics"])
+            common = keys if common is None else common & keys
+    common = {k for k in (common or set()) if k not in ("0", "background")}
+    if label is not None:
+        label = str(label)
+        if label not in common:
+            raise ValueError(f"label {label!r} is not evaluated in every summary; common labels: {_names(common)}")
+        return [label]
+    if not common:
+        raise ValueError("the summaries share no foreground label")
+
+    def key(k: str):
+        return (0, int(k), k) if k.lstrip("-").isdigit() else (1, 0, k)
+
+    return sorted(common, key=key)
+
+
+# ------------------------------------------------------------------------------------------------------ statistics
+def _nanmean(values: np.ndarray, axis=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
+
+
+def _describe(values: np.ndarray) -> dict:
+    finite = values[np.isfinite(values)]
+    n = int(finite.size)
+    return {
+        "mean": float(finite.mean()) if n else math.nan,
+        "sd": float(finite.std(ddof=1)) if n >= 2 else math.nan,
+        "n": n,
+        "n_nan": int(values.size - n),
+    }
+
+
+def _paired_test(a: np.ndarray, b: np.ndarray) -> dict:
+    """Two-sided paired t-test of b vs a over the pairs where both are finite."""
+    from scipy.stats import ttest_rel
+
+    both = np.isfinite(a) & np.isfinite(b)
+    a, b = a[both], b[both]
+    n = int(both.sum())
+    out = {"p": math.nan, "t": math.nan, "n": n, "mean_difference": float((b - a).mean()) if n else math.nan}
+    if n < 2:
+        out["note"] = f"n/a (n={n})"
+        return out
+    diff = b - a
+    if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
+        out["note"] = "n/a (identical differences)"
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = ttest_rel(b, a)
+    out["p"], out["t"] = float(res.pvalue), float(res.statistic)
+    return out
+
+
+def _relative_change(method_mean: float, baseline_mean: float) -> float:
+    if not (math.isfinite(method_mean) and math.isfinite(baseline_mean)) or baseline_mean == 0:
+        return math.nan
+    return (method_mean - baseline_mean) / abs(baseline_mean)
+
+
+def _statistics(loaded, cases, labels, metrics, baseline) -> tuple[dict, dict, dict]:
+    """(per_case pooled values, per-method stats, comparisons vs the baseline)."""
+    per_case: dict = {}
+    stats: dict = {}
+    comparisons: dict = {}
+    for label in labels:
+        per_case[label], stats[label], comparisons[label] = {}, {}, {}
+        raw: dict[str, dict[str, np.ndarray]] = {}
+        for method, runs in loaded.items():
+            raw[method] = {}
+            per_case[label][method], stats[label][method] = {}, {}
+            for metric in metrics:
+                values = np.array(
+                    [[_value(run["cases"][c]["metrics"][label].get(metric)) for c in cases] for run in runs],
+                    dtype=np.float64,
+                )  # (runs, cases)
+                raw[method][metric] = values
+                pooled = _nanmean(values, axis=0)
+                per_case[label][method][metric] = pooled.tolist()
+                entry = _describe(pooled)
+                entry["run_means"] = [float(v) for v in _nanmean(values, axis=1)]
+                entry["n_runs"] = len(runs)
+                stats[label][method][metric] = entry
+        for method in loaded:
+            if method == baseline:
+                continue
+            comparisons[label][method] = {}
+            for metric in metrics:
+                b_stats, m_stats = stats[label][baseline][metric], stats[label][method][metric]
+                cases_test = _paired_test(
+                    np.asarray(per_case[label][baseline][metric]), np.asarray(per_case[label][method][metric])
+                )
+                entry = {
+                    "rel_change": _relative_change(m_stats["mean"], b_stats["mean"]),
+                    "lower_is_better": metric in LOWER_IS_BETTER,
+                    "p_cases": cases_test["p"],
+                    "t_cases": cases_test["t"],
+                    "n_cases": cases_test["n"],
+                    "mean_paired_difference": cases_test["mean_difference"],
+                }
+                if "note" in cases_test:
+                    entry["cases_note"] = cases_test["note"]
+                n_runs = min(b_stats["n_runs"], m_stats["n_runs"])
+                if n_runs >= 2:
+                    runs_test = _paired_test(
+                        np.asarray(b_stats["run_means"][:n_runs]), np.asarray(m_stats["run_means"][:n_runs])
+                    )
+                    entry.update(p_runs=runs_test["p"], t_runs=runs_test["t"], n_runs=runs_test["n"])
+                    if "note" in runs_test:
+                        entry["runs_note"] = runs_test["note"]
+                else:
+                    entry.update(p_runs=math.nan, t_runs=math.nan, n_runs=n_runs, runs_note="n/a (1 run)")
+                comparisons[label][method][metric] = entry
+    return per_case, stats, comparisons
+
+
+# ----------------------------------------------------------------------------------------------------------- table
+def _num(x) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 10:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def format_p(p) -> str:
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _mean_sd(entry: dict, n_cases: int) -> str:
+    text = f"{_num(entry['mean'])} ± {_num(entry['sd'])}"
+    if entry["n"] != n_cases:
+        text += f" (n={entry['n']})"
+    return text
+
+
+def format_table(comparison: dict) -> str:
+    """The comparison as markdown: one table per compared method and class (metric | baseline | method | ...)."""
+    baseline = comparison["baseline"]
+    n_cases = len(comparison["cases"])
+    runs = ", ".join(f"{m} {info['n_runs']}" for m, info in comparison["methods"].items())
+    lines = [
+        f"# Comparison against {baseline}",
+        "",
+        f"{n_cases} cases; runs per method: {runs}. A method's per-case value is the mean over its runs.",
+    ]
+    if comparison.get("skipped_metrics"):
+        skipped = ", ".join(f"{k} ({v})" for k, v in comparison["skipped_metrics"].items())
+        lines += ["", f"Not compared: {skipped}."]
+    for label in comparison["labels"]:
+        for method, by_metric in comparison["comparisons"][label].items():
+            lines += [
+                "",
+                f"## {method} vs {baseline} (label {label})",
+                "",
+                f"| metric | {baseline} mean ± sd | {method} mean ± sd | rel. change | p (cases) | p (runs) | n |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for metric, c in by_metric.items():
+                b = comparison["stats"][label][baseline][metric]
+                m = comparison["stats"][label][method][metric]
+                name = f"{metric} ↓" if c["lower_is_better"] else metric
+                rel = "n/a" if c["rel_change"] is None else f"{100 * c['rel_change']:+.1f}%"
+                p_cases = c.get("cases_note") or format_p(c["p_cases"])
+                if c.get("runs_note"):
+                    p_runs = c["runs_note"]
+                else:
+                    p_runs = f"{format_p(c['p_runs'])} ({c['n_runs']} runs)"
+                cells = [name, _mean_sd(b, n_cases), _mean_sd(m, n_cases), rel, p_cases, p_runs, str(c["n_cases"])]
+                lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "↓ lower is better (HD95, ASD): a negative relative change is an improvement; for the other metrics higher is "
+        "better. rel. change = (method − baseline) / |baseline| of the means. mean ± sd over the cases with a finite "
+        "value (n shown when some are NaN). p (cases): two-sided paired t-test (scipy.stats.ttest_rel) over the n "
+        "cases where both values are finite; p (runs): the same over run means, paired by run index.",
+    ]
+    figure = comparison.get("figure")
+    if figure:
+        lines += ["", f"Figure: {figure['file']} (examples: {', '.join(figure['examples']) or 'none'})."]
+        lines += [f"- {note}" for note in figure.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------- figure
+def _endings() -> list[str]:
+    from nnunet_dale.evaluation import supported_endings
+
+    return supported_endings()
+
+
+def _ending_of(path: Path) -> str | None:
+    return next((e for e in _endings() if path.name.lower().endswith(e)), None)
+
+
+def _reader(path: Path):
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+    ending = _ending_of(path)
+    if ending is None:
+        raise ValueError(f"{path}: no nnU-Net reader for this file ending")
+    return determine_reader_writer_from_file_ending(ending, str(path), allow_nonmatching_filename=True, verbose=False)()
+
+
+def _read_seg(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    from nnunet_dale.evaluation import read_segmentation as read
+
+    return read(_reader(path), path)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    data, _ = _reader(path).read_images([str(path)])
+    data = np.asarray(data, dtype=np.float32)[0]  # first channel
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    return data
+
+
+def _resolve(path_text: str | None, folder: Path) -> Path | None:
+    """A file named in a summary: as written (absolute or relative to the working directory), else next to it."""
+    if not path_text:
+        return None
+    path = Path(path_text)
+    for candidate in (path, folder / path, folder / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _pick_examples(cases: list[str], baseline_dice: np.ndarray, method_dice: np.ndarray, k: int) -> list[str]:
+    """k cases with the largest Dice difference (method - baseline), alternating method-better and baseline-better;
+    ties by case name. Cases without a finite difference come last."""
+    diff = method_dice - baseline_dice
+    finite = [i for i in range(len(cases)) if math.isfinite(diff[i])]
+    best = sorted(finite, key=lambda i: (-diff[i], cases[i]))
+    worst = sorted(finite, key=lambda i: (diff[i], cases[i]))
+    chosen: list[int] = []
+    for pair in zip(best, worst):
+        for i in pair:
+            if i not in chosen and len(chosen) < k:
+                chosen.append(i)
+    rest = [i for i in sorted(range(len(cases)), key=lambda i: cases[i]) if i not in chosen]
+    chosen += rest[: k - len(chosen)]
+    return [cases[i] for i in chosen]
+
+
+def _slice_index(masks: Sequence[np.ndarray]) -> int:
+    """Middle of the foreground extent along axis 0 (of the first non-empty mask), snapped to a foreground slice."""
+    for mask in masks:
+        per_slice = mask.reshape(mask.shape[0], -1).any(axis=1)
+        if per_slice.any():
+            z = np.flatnonzero(per_slice)
+            middle = (z.min() + z.max()) / 2
+            return int(z[np.argmin(np.abs(z - middle))])
+    return masks[0].shape[0] // 2
+
+
+def _crop_box(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Bounding box of the masks' union, enlarged by half its size (at least 8 pixels, at least 32 wide)."""
+    union = np.zeros(shape, dtype=bool)
+    for mask in masks:
+        union |= mask
+    if not union.any():
+        return slice(0, shape[0]), slice(0, shape[1])
+    box = []
+    for axis, n in enumerate(shape):
+        idx = np.flatnonzero(union.any(axis=1 - axis))
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        margin = max(8, (hi - lo) // 2, (32 - (hi - lo) + 1) // 2)
+        box.append(slice(max(lo - margin, 0), min(hi + margin, n)))
+    return box[0], box[1]
+
+
+def _fuzzy_map(ref: np.ndarray, image: np.ndarray | None, spacing, z: int | None) -> tuple[np.ndarray, str]:
+    """With an image: the AE&ER patch fuzziness m of the split (Eq. 3-5); without: the evaluation's fuzzy region."""
+    import torch
+
+    from nnunet_dale.config import default_patch_size
+    from nnunet_dale.evaluation import FUZZY_PATCH_BASE, reference_fuzzy_mask
+    from nnunet_dale.split import fuzzy_split, patch_grid
+
+    if spacing is None or len(spacing) != ref.ndim:
+        spacing = (1.0,) * ref.ndim
+    if image is None:
+        region = reference_fuzzy_mask(ref, spacing).astype(np.float32)
+        return (region if z is None else region[z]), "fuzzy region (Dice_fuzzy)"
+    patch = default_patch_size(spacing, ref.shape, FUZZY_PATCH_BASE)  # the evaluation's fuzzy-region patches
+    if z is not None and ref.size > LARGE_VOLUME:  # the patch slab holding slice z
+        lo = (z // patch[0]) * patch[0]
+        sl = slice(lo, min(lo + patch[0], ref.shape[0]))
+        ref, image, z = ref[sl], image[sl], z - lo
+        patch = (ref.shape[0], *patch[1:])
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    lab = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None, None]
+    split = fuzzy_split(img, lab, patch)
+    grid = patch_grid(tuple(ref.shape), tuple(patch), img.device)
+    m = split.score[0, grid.index].view(ref.shape).numpy()
+    return (m if z is None else m[z]), "AE&ER fuzziness m"
+
+
+def _load_omega(omega_dir: Path | None, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
+    if omega_dir is None:
+        return None, None
+    path = Path(omega_dir) / f"{case}.npy"
+    if not path.is_file():
+        return None, None
+    omega = np.load(path)
+    while omega.ndim > len(shape) and omega.shape[0] == 1:
+        omega = omega[0]
+    if omega.shape != shape:
+        return None, f"{path.name}: shape {omega.shape} does not match the reference {shape}"
+    return omega.astype(np.float32), None
+
+
+def _style(ax, title: str) -> None:
+    ax.set_title(title, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _contour(ax, mask: np.ndarray, colour: str, width: float = 1.2, style: str = "solid") -> None:
+    if mask.any() and not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width, linestyles=style)
+
+
+def _scatter(ax, comparison: dict, metric: str, examples: list[str]) -> None:
+    baseline = comparison["baseline"]
+    cases = comparison["cases"]
+    markers = "os^vDP*X"
+    lo, hi, shown = math.inf, -math.inf, 0
+    methods = [m for m in comparison["methods"] if m != baseline]
+    for mi, method in enumerate(methods):
+        for li, label in enumerate(comparison["labels"]):
+            x = np.array([_value(v) for v in comparison["per_case"][label][baseline][metric]])
+            y = np.array([_value(v) for v in comparison["per_case"][label][method][metric]])
+            ok = np.isfinite(x) & np.isfinite(y)
+            if not ok.any():
+                continue
+            name = method if len(comparison["labels"]) == 1 else f"{method}, label {label}"
+            colour = METHOD_COLOURS[(mi + 1) % len(METHOD_COLOURS)]
+            ax.scatter(x[ok], y[ok], s=12, alpha=0.75, color=colour, marker=markers[li % 8], label=name, linewidths=0)
+            lo, hi = min(lo, x[ok].min(), y[ok].min()), max(hi, x[ok].max(), y[ok].max())
+            shown += int(ok.sum())
+            if mi == 0 and li == 0:
+                for row, case in enumerate(examples, start=1):
+                    i = cases.index(case)
+                    if ok[i]:
+                        ax.annotate(str(row), (x[i], y[i]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    if shown:
+        pad = 0.03 * (hi - lo) if hi > lo else 0.5
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=0.8, ls="--")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.legend(fontsize=6, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no finite pairs", ha="center", va="center", transform=ax.transAxes, fontsize=7)
+    better = "below" if metric in LOWER_IS_BETTER else "above"
+    ax.set_title(f"per-case {metric} (n={shown}); {better} the diagonal: method better", fontsize=7)
+    ax.set_xlabel(f"{baseline} {metric}", fontsize=7)
+    ax.set_ylabel(f"method {metric}", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _load_example(case, loaded, methods, baseline, images_dir, omega_dir, notes: list[str]) -> dict:
+    """Reference, predictions (first run of each method), image and omega of one example case."""
+    ref_path = _resolve(loaded[baseline][0]["cases"][case].get("reference_file"), loaded[baseline][0]["folder"])
+    if ref_path is None:
+        notes.append(f"{case}: reference file not found; example row left blank")
+        return {"case": case, "missing": True}
+    ref, spacing = _read_seg(ref_path)
+    preds = {}
+    for method in methods:
+        run = loaded[method][0]
+        pred_path = _resolve(run["cases"][case].get("prediction_file"), run["folder"])
+        if pred_path is None:
+            notes.append(f"{case}: {method}'s prediction not found")
+            preds[method] = None
+            continue
+        pred, _ = _read_seg(pred_path)
+        preds[method] = pred if pred.shape == ref.shape else None
+        if pred.shape != ref.shape:
+            notes.append(f"{case}: {method}'s prediction {pred.shape} differs from the reference {ref.shape}")
+    image = None
+    if images_dir is not None:
+        ending = _ending_of(ref_path)
+        candidates = [ending] + [e for e in _endings() if e != ending]
+        found = [Path(images_dir) / f"{case}_0000{e}" for e in candidates]
+        path = next((f for f in found if f.is_file()), None)
+        if path is None:
+            notes.append(f"{case}: no image {case}_0000.* in {images_dir}")
+        else:
+            image = _read_image(path)
+            if image.shape != ref.shape:
+                notes.append(f"{case}: image {image.shape} differs from the reference {ref.shape}")
+                image = None
+    omega, problem = _load_omega(omega_dir, case, ref.shape)
+    if problem:
+        notes.append(problem)
+    return {"case": case, "ref": ref, "spacing": spacing, "preds": preds, "image": image, "omega": omega}
+
+
+def _render_figure(comparison: dict, loaded, images_dir, omega_dir, num_examples: int) -> tuple[bytes, dict]:
+    from matplotlib.figure import Figure
+
+    baseline = comparison["baseline"]
+    methods = list(comparison["methods"])
+    others = [m for m in methods if m != baseline]
+    cases = comparison["cases"]
+    notes: list[str] = []
+
+    scatter_metrics = [m for m in SCATTER_METRICS if m in comparison["metrics"]] or comparison["metrics"][:2]
+    # examples by the Dice difference of the first compared method (mean over the compared classes)
+    choose_by = "Dice" if "Dice" in comparison["metrics"] else comparison["metrics"][0]
+    sign = -1.0 if choose_by in LOWER_IS_BETTER else 1.0
+
+    def per_case_mean(method: str) -> np.ndarray:
+        values = [[_value(v) for v in comparison["per_case"][lb][method][choose_by]] for lb in comparison["labels"]]
+        return _nanmean(np.array(values, dtype=np.float64), axis=0)
+
+    b_val, m_val = per_case_mean(baseline), per_case_mean(others[0])
+    examples = _pick_examples(cases, sign * b_val, sign * m_val, min(max(num_examples, 0), len(cases)))
+
+    # load the example rows first, to know which columns exist
+    rows = []
+    have_image = images_dir is not None
+    for case in examples:
+        try:
+            rows.append(_load_example(case, loaded, methods, baseline, images_dir, omega_dir, notes))
+        except (OSError, ValueError, RuntimeError) as e:  # a figure problem must not lose the statistics
+            notes.append(f"{case}: could not be drawn ({type(e).__name__}: {e})")
+            rows.append({"case": case, "missing": True})
+    with_omega = any(r.get("omega") is not None for r in rows)
+    columns = ["image" if have_image else "reference", "reference contour", *methods, "fuzzy map"]
+    if with_omega:
+        columns.append("ω")
+
+    n_cols = len(columns)
+    width = max(PANEL_INCHES * n_cols, 3.3 * len(scatter_metrics))
+    # fixed margins in inches: title above the scatter plots, room for their x labels and the first row's titles
+    top_margin, gap, bottom_margin = 0.3, 0.75, 0.1
+    height = top_margin + SCATTER_INCHES + (gap + PANEL_INCHES * len(rows) if rows else 0.45) + bottom_margin
+    fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
+    if rows:
+        ratios = [SCATTER_INCHES, gap, PANEL_INCHES * len(rows)]
+        outer = fig.add_gridspec(3, 1, height_ratios=ratios, hspace=0)
+    else:
+        outer = fig.add_gridspec(2, 1, height_ratios=[SCATTER_INCHES, 0.45], hspace=0)
+    top = outer[0].subgridspec(1, len(scatter_metrics), wspace=0.35)
+    for i, metric in enumerate(scatter_metrics):
+        _scatter(fig.add_subplot(top[0, i]), comparison, metric, examples)
+    slices: dict[str, int | None] = {}
+    if rows:
+        grid = outer[2].subgridspec(len(rows), n_cols, wspace=0.05, hspace=0.2)
+        for r, row in enumerate(rows):
+            axes = [fig.add_subplot(grid[r, c]) for c in range(n_cols)]
+            if row.get("missing"):
+                for ax in axes:
+                    _style(ax, "")
+                text = f"{row['case']}: files not found"
+                axes[0].text(0.5, 0.5, text, ha="center", va="center", fontsize=6, transform=axes[0].transAxes)
+                continue
+            slices[row["case"]] = _draw_row(axes, columns, row, methods, comparison, r + 1)
+    fig.subplots_adjust(
+        left=0.55 / width, right=1 - 0.15 / width, top=1 - top_margin / height, bottom=bottom_margin / height
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    size_px = [int(round(height * FIGURE_DPI)), int(round(width * FIGURE_DPI))]
+    info = {
+        "examples": examples,
+        "examples_chosen_by": choose_by,
+        "columns": columns,
+        "scatter_metrics": scatter_metrics,
+        "size_px": size_px,
+        "slices": slices,
+        "notes": notes,
+    }
+    return buffer.getvalue(), info
+
+
+def _draw_row(axes, columns, row, methods, comparison, number: int) -> int | None:
+    """One example row; returns the shown slice index (axis 0) of a 3D case, None for 2D."""
+    ref3 = row["ref"]
+    labels = [int(lb) for lb in comparison["labels"] if lb.lstrip("-").isdigit()]
+    fg = np.isin(ref3, labels) if labels else ref3 > 0
+    pred_fg = {m: (None if p is None else (np.isin(p, labels) if labels else p > 0)) for m, p in row["preds"].items()}
+    z = None
+    if ref3.ndim == 3:
+        z = _slice_index([fg, *[p for p in pred_fg.values() if p is not None]])
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return a if z is None else a[z]
+
+    ref2 = take(fg)
+    preds2 = {m: (None if p is None else take(p)) for m, p in pred_fg.items()}
+    box = _crop_box([ref2, *[p for p in preds2.values() if p is not None]], ref2.shape)
+
+    def crop(a: np.ndarray) -> np.ndarray:
+        return a[box]
+
+    image = row["image"]
+    if image is not None:
+        background = take(image)
+        lo, hi = np.percentile(background, [1, 99])
+        background = crop(np.clip((background - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
+    else:
+        background = crop(ref2).astype(np.float32) * 0.5
+    case = row["case"]
+    where = f" z={z}" if z is not None else ""
+    dice = {
+        m: _value(comparison["per_case"][comparison["labels"][0]][m]["Dice"][comparison["cases"].index(case)])
+        for m in methods
+        if "Dice" in comparison["metrics"]
+    }
+    for ax, column in zip(axes, columns):
+        if column in ("image", "reference"):
+            ax.imshow(background, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            _style(ax, f"{number}. {case}{where}")
+        elif column == "reference contour":
+            ax.imshow(background, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            _contour(ax, crop(ref2), REFERENCE_COLOUR)
+            _style(ax, "reference")
+        elif column in row["preds"]:
+            ax.imshow(background, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            _contour(ax, crop(ref2), REFERENCE_COLOUR, 0.8, "dotted")
+            colour = METHOD_COLOURS[methods.index(column) % len(METHOD_COLOURS)]
+            pred = preds2[column]
+            if pred is None:
+                ax.text(0.5, 0.5, "not available", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            else:
+                _contour(ax, crop(pred), colour)
+            title = column + (f" (Dice {dice[column]:.2f})" if column in dice and math.isfinite(dice[column]) else "")
+            _style(ax, title)
+        elif column == "fuzzy map":
+            fuzzy, what = _fuzzy_map(ref3, row["image"], row["spacing"], z)
+            ax.imshow(crop(fuzzy), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            _contour(ax, crop(ref2), REFERENCE_COLOUR, 0.8)
+            _style(ax, what)
+        elif column == "ω":
+            omega = row["omega"]
+            if omega is None:
+                ax.text(0.5, 0.5, "no ω", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+                _style(ax, "ω")
+            else:
+                omega2 = crop(take(omega))
+                ax.imshow(omega2, cmap="viridis", interpolation="nearest")
+                _contour(ax, crop(ref2), "white", 0.8)
+                _style(ax, f"ω [{omega2.min():.2f}, {omega2.max():.2f}]")
+    return z
+
+
+# ------------------------------------------------------------------------------------------------------------- API
+def compare(
+    runs: Mapping[str, Sequence[Path]],
+    out_dir: Path,
+    baseline: str | None = None,
+    images_dir: Path | None = None,
+    omega_dir: Path | None = None,
+    num_examples: int = 4,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    label: str | None = None,
+) -> dict:
+    """Compare methods evaluated on the same cases; write comparison.md/.json/.png to out_dir; return the comparison.
+
+    `runs` maps a method name to its evaluation folders (each with summary.json; several = several runs). The baseline
+    is the first method unless named. Metrics absent from some summary are skipped (listed in "skipped_metrics").
+    Raises FileNotFoundError for a folder without summary.json and ValueError when the methods' case sets differ.
+    The returned dict equals json.load of comparison.json (NaN as None).
+    """
+    if not isinstance(runs, Mapping) or len(runs) < 2:
+        raise ValueError("compare needs at least two methods (name -> evaluation folders)")
+    loaded: dict[str, list[dict]] = {}
+    for method, folders in runs.items():
+        if not str(method) or str(method) in FIGURE_COLUMNS or "|" in str(method):
+            raise ValueError(f"invalid method name {method!r}: empty, containing '|', or one of {FIGURE_COLUMNS}")
+        folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+        if not folders:
+            raise ValueError(f"method {method!r} has no evaluation folder")
+        loaded[str(method)] = [_load_run(Path(f)) for f in folders]
+    baseline = next(iter(loaded)) if baseline is None else str(baseline)
+    if baseline not in loaded:
+        raise ValueError(f"baseline {baseline!r} is not one of the methods {list(loaded)}")
+    if num_examples < 0:
+        raise ValueError("num_examples must be >= 0")
+    cases = _check_case_sets(loaded)
+    labels = _select_labels(loaded, label)
+
+    compared, skipped = [], {}
+    for metric in dict.fromkeys(metrics):
+        lacking = [
+            str(run["summary_path"])
+            for rs in loaded.values()
+            for run in rs
+            if any(metric not in run["cases"][c]["metrics"][lb] for c in cases for lb in labels)
+        ]
+        if lacking:
+            skipped[metric] = f"missing in {lacking[0]}" + (f" and {len(lacking) - 1} more" if len(lacking) > 1 else "")
+        else:
+            compared.append(metric)
+    if not compared:
+        raise ValueError(f"none of the metrics {list(metrics)} is in every summary: {skipped}")
+
+    per_case, stats, comparisons = _statistics(loaded, cases, labels, compared, baseline)
+    # baseline first in every listing
+    order = [baseline, *[m for m in loaded if m != baseline]]
+    loaded = {m: loaded[m] for m in order}
+    comparison = {
+        "baseline": baseline,
+        "methods": {m: {"n_runs": len(loaded[m]), "folders": [str(r["folder"]) for r in loaded[m]]} for m in loaded},
+        "cases": cases,
+        "labels": labels,
+        "metrics": compared,
+        "skipped_metrics": skipped,
+        "lower_is_better": [m for m in compared if m in LOWER_IS_BETTER],
+        "stats": {lb: {m: stats[lb][m] for m in order} for lb in labels},
+        "comparisons": comparisons,
+        "per_case": {lb: {m: per_case[lb][m] for m in order} for lb in labels},
+    }
+    comparison = json_safe(comparison)
+
+    out_dir = Path(out_dir)
+    png, info = _render_figure(comparison, loaded, images_dir, omega_dir, num_examples)
+    comparison["figure"] = {"file": "comparison.png", **info}
+    markdown = format_table(comparison)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(comparison, indent=2, allow_nan=False) + "\n"
+    _atomic_write_bytes(out_dir / "comparison.png", png)
+    _atomic_write_bytes(out_dir / "comparison.json", text.encode("utf-8"))
+    _atomic_write_bytes(out_dir / "comparison.md", markdown.encode("utf-8"))
+    return json.loads(text)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path` (created with the umask's permissions), then os.replace it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
