@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def prepare(root: Path, size: int, dims: int, num_train: int) -> int:
-    from conftest import plan_and_preprocess
-
     from nnunet_dale.benchmark_data import make_benchmark
+
+    from conftest import plan_and_preprocess
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -47,9 +47,10 @@ def prepare(root: Path, size: int, dims: int, num_train: int) -> int:
 
 def trainers(configuration: str, lookahead: int):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from test_trainer import build
 
     from nnunet_dale.trainer import nnUNetTrainerDALE
+
+    from conftest import build
 
     os.environ["NNUNET_DALE_LOOKAHEAD_STEPS"] = str(lookahead)
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -103,6 +104,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self.logger.update_config({"dale": config.to_dict(), "dale_patch_size": list(self.dale_patch_size)})
         self.dale_loss: nn.Module | None = None
         self.feature_tap: FeatureTap | None = None
+        self.dale_fallbacks: Counter[str] = Counter()  # fallbacks this epoch, logged and reset at its end
+        self.dale_num_classes = self.label_manager.num_segmentation_heads
         self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
         self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
 
@@ -148,6 +151,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
             nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
             fuzzy_weights = weight_pyramid(split.fuzzy, target)
+            nonfuzzy_mass, fuzzy_mass = torch.stack([split.nonfuzzy.sum(), split.fuzzy.sum()]).tolist()
 
         # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
         with self._phase("nonfuzzy_step"):
@@ -155,7 +159,14 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             with self._autocast(), self._features() as tap_n:
                 loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
             features_n = tap_n.value.detach() if tap_n.value is not None else None
-            gradient_n = self._optimizer_step(loss_n, keep_gradient=cfg.use_omega and cfg.omega_mode == "fast")
+            keep = cfg.use_omega and cfg.omega_mode == "fast"
+            if nonfuzzy_mass > 0:
+                gradient_n = self._optimizer_step(loss_n, "nonfuzzy step", keep_gradient=keep)
+            else:  # everything fuzzy: no reliable region to step on
+                gradient_n = self._fallback("no non-fuzzy region: non-fuzzy step skipped")
+        if fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
+            self._fallback("no fuzzy region: omega and fuzzy step skipped")
+            return self._step_outputs(loss_n.detach(), split, None, None)
 
         # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
         with self._phase("fuzzy_forward"):
@@ -175,21 +186,55 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
             alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
-        fuzzy_mass = split.fuzzy.sum().clamp_min(1e-8)
+        confidence, alignment = self._finite_or_skipped(confidence, alignment)
         mean_omega = (confidence.omega * split.fuzzy).sum() / fuzzy_mass
 
         # line 14: optimise theta_f on D_f (Eq. 2)
         with self._phase("fuzzy_step"):
             with self._autocast():
                 loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
-            self._optimizer_step(loss_f)
+            self._optimizer_step(loss_f, "fuzzy step")
+        return self._step_outputs(0.5 * (loss_n + loss_f).detach(), split, confidence, alignment)
 
-        noisy_share = (confidence.noisy * split.fuzzy).sum() / fuzzy_mass
-        stats = torch.stack(
-            [0.5 * (loss_n + loss_f).detach(), split.fuzzy.mean(), mean_omega, noisy_share, alignment.loss.detach()]
-        ).float()
-        loss, *dale = stats.cpu().numpy()  # one host sync per step, like nnU-Net's own train_step
+    def _step_outputs(self, loss, split: FuzzySplit, confidence: Confidence | None, alignment: Alignment | None):
+        """train_step's dict: the loss and DALE's statistics, fetched with one host sync."""
+        zero = torch.zeros((), device=loss.device)
+        if confidence is None:
+            values = [loss, split.fuzzy.mean(), zero + 1, zero, zero, zero - 1]
+        else:
+            fuzzy_mass = split.fuzzy.sum()
+            values = [
+                loss,
+                split.fuzzy.mean(),
+                (confidence.omega * split.fuzzy).sum() / fuzzy_mass,
+                (confidence.noisy * split.fuzzy).sum() / fuzzy_mass,
+                alignment.loss.detach(),
+                alignment.classes_used.to(loss.dtype),
+            ]
+        loss, *dale, classes_used = torch.stack([v.float() for v in values]).cpu().numpy()
+        if self.feature_tap is not None and self.dale_config.alpha > 0 and 0 <= classes_used < self.dale_num_classes:
+            self.dale_fallbacks["class skipped in L_W (too little weight in a region)"] += 1
         return {"loss": loss, **dict(zip(DALE_STATS, dale))}
+
+    def _finite_or_skipped(self, confidence: Confidence, alignment: Alignment) -> tuple[Confidence, Alignment]:
+        """A non-finite omega or L_W is replaced by its neutral value (omega = 1, L_W = 0), with a logged warning."""
+        finite_omega, finite_lw = torch.stack(
+            [torch.isfinite(confidence.omega).all(), torch.isfinite(alignment.loss)]
+        ).tolist()
+        if not finite_omega:
+            self._fallback("non-finite omega: omega = 1 for this iteration")
+            ones = torch.ones_like(confidence.omega)
+            confidence = Confidence(omega=ones, update=torch.zeros_like(ones))
+        if not finite_lw:
+            self._fallback("non-finite L_W: alignment skipped for this iteration")
+            alignment = Alignment(loss=torch.zeros_like(alignment.loss), classes_used=alignment.classes_used)
+        return confidence, alignment
+
+    def _fallback(self, what: str) -> None:
+        """Count a fallback; the first of its kind in an epoch is also written to the log as a warning."""
+        if self.dale_fallbacks[what] == 0:
+            self.print_to_log_file(f"WARNING: DALE {what} (further occurrences this epoch are counted)")
+        self.dale_fallbacks[what] += 1
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
@@ -232,6 +277,9 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         shared = None if self.device.type == "cuda" else output_f  # an AMP graph is not reused for the meta step
         lr = self.optimizer.param_groups[0]["lr"]
         if cfg.omega_mode == "fast":
+            if gradient_n is None:  # the non-fuzzy step was skipped: no direction to look along
+                self._fallback("no non-fuzzy gradient: omega = 1 for this iteration")
+                return Confidence(omega=torch.ones_like(split.fuzzy), update=torch.zeros_like(split.fuzzy))
             names = [n for n, p in module.named_parameters() if p.requires_grad]
             direction = dict(zip(names, gradient_n))
             return fast_confidence(
@@ -263,15 +311,19 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         fuzzy_stats = class_gaussians(features_f, membership, resize_to(split.fuzzy * clean, spatial))
         return alignment_loss(target_stats, fuzzy_stats, cfg.cov_perturbation, cfg.ridge, cfg.min_class_mass)
 
-    def _optimizer_step(self, loss: torch.Tensor, keep_gradient: bool = False) -> list[torch.Tensor] | None:
-        """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA); optionally
+    def _optimizer_step(self, loss: torch.Tensor, name: str, keep_gradient: bool = False) -> list[torch.Tensor] | None:
+        """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA). A non-finite
+        loss or gradient skips the step (weights and optimiser state unchanged) with a logged warning. Optionally
         returns a copy of the clipped, unscaled gradient of the trainable parameters (fast mode's direction)."""
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        if self.grad_scaler is None and not torch.isfinite(norm):  # with AMP the GradScaler skips such steps
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._fallback(f"non-finite loss or gradient: {name} skipped")
         kept = None
         if keep_gradient:
             params = [p for p in unwrap(self.network).parameters() if p.requires_grad]
@@ -295,6 +347,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         for key, value in means.items():
             self.logger.log(key, value, self.current_epoch)
         self.print_to_log_file("DALE " + ", ".join(f"{DALE_STATS[k]} {np.round(v, 4)}" for k, v in means.items()))
+        if self.dale_fallbacks:
+            counts = ", ".join(f"{what}: {n}" for what, n in sorted(self.dale_fallbacks.items()))
+            self.print_to_log_file(f"DALE fallbacks this epoch ({len(train_outputs)} iterations): {counts}")
+        self.dale_fallbacks.clear()
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         """nnU-Net's resume, refusing a checkpoint written under another DALE configuration (unless overridden)."""

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -60,3 +64,27 @@ def single_process_loader(trainer):
         return trainer.get_dataloaders()[0]
     finally:
         os.environ["nnUNet_n_proc_DA"] = previous if previous is not None else "1"
+
+
+def build(cls, dataset_id: int, initialize: bool = True, configuration: str = "2d"):
+    """A trainer of class `cls` on the CPU from the preprocessed plans of `dataset_id`, as nnU-Net's CLI builds it."""
+    folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
+    plans = load_json(folder / "nnUNetPlans.json")
+    plans["continue_training"] = False
+    trainer = cls(plans, configuration, 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
+    if initialize:
+        trainer.initialize()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def batch(dataset_2d):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    from nnunet_dale.trainer import nnUNetTrainerDALE
+
+    return next(single_process_loader(build(nnUNetTrainerDALE, dataset_2d)))
+
+
+def copy_batch(batch):
+    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}

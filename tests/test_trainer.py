@@ -10,35 +10,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from conftest import single_process_loader
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_dale.config import DALEConfigError
 from nnunet_dale.progress import DALE_STATS
 from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
 from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega
 
-
-def build(cls, dataset_id: int, initialize: bool = True, configuration: str = "2d"):
-    folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
-    plans = load_json(folder / "nnUNetPlans.json")
-    plans["continue_training"] = False
-    trainer = cls(plans, configuration, 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
-    if initialize:
-        trainer.initialize()
-    return trainer
-
-
-@pytest.fixture(scope="module")
-def batch(dataset_2d):
-    torch.manual_seed(0)
-    np.random.seed(0)
-    return next(single_process_loader(build(nnUNetTrainerDALE, dataset_2d)))
-
-
-def copy_batch(batch):
-    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
+from conftest import build, copy_batch
 
 
 def test_one_dale_step_changes_parameters_and_logs_statistics(dataset_2d, batch):
@@ -90,7 +68,7 @@ def fuzzy_step_gradients(dataset_id, batch, alpha, site):
         del os.environ["NNUNET_DALE_ALPHA"], os.environ["NNUNET_DALE_FEATURE_SITE"]
     grads = []
 
-    def capture(loss, keep_gradient=False):
+    def capture(loss, name, keep_gradient=False):
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in trainer.network.named_parameters() if p.grad is not None})
         trainer.optimizer.step()
