@@ -6,7 +6,8 @@
 
 Builds the default trainer and nnUNetTrainerDALE from the same plans and initial weights, feeds both the same
 batches, alternating default / DALE step by step so machine noise hits both alike, and prints medians: ms per step,
-the ratio DALE / default, DALE's time by phase, and the peak resident memory each trainer's steps add (measured in
+the ratio DALE / default (exact and fast mode), DALE's time by phase, the agreement of fast mode's omega
+directions with exact mode's, and the peak resident memory each trainer's steps add (measured in
 separate processes). The last line is machine-readable.
 """
 
@@ -45,19 +46,25 @@ def prepare(root: Path, size: int, dims: int, num_train: int) -> int:
     return 990
 
 
-def trainers(configuration: str, lookahead: int):
+def trainers(configuration: str, lookahead: int) -> dict:
+    """The default trainer and DALE in exact and fast mode, from the same plans and the same initial weights."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from nnunet_dale.trainer import nnUNetTrainerDALE
+    from nnunet_dale.variants import nnUNetTrainerDALE_fast
 
     from conftest import build
 
     os.environ["NNUNET_DALE_LOOKAHEAD_STEPS"] = str(lookahead)
     torch.manual_seed(0)
-    default = build(nnUNetTrainer, 990, configuration=configuration)
-    dale = build(nnUNetTrainerDALE, 990, configuration=configuration)
-    dale.network.load_state_dict(default.network.state_dict())
-    return default, dale
+    built = {
+        "default": build(nnUNetTrainer, 990, configuration=configuration),
+        "exact": build(nnUNetTrainerDALE, 990, configuration=configuration),
+        "fast": build(nnUNetTrainerDALE_fast, 990, configuration=configuration),
+    }
+    for name in ("exact", "fast"):
+        built[name].network.load_state_dict(built["default"].network.state_dict())
+    return built
 
 
 def batches(trainer, n: int) -> list[dict]:
@@ -72,28 +79,53 @@ def copy(batch: dict) -> dict:
 
 
 def time_steps(configuration: str, steps: int, warmup: int, lookahead: int) -> dict:
-    default, dale = trainers(configuration, lookahead)
-    data = batches(default, steps + warmup)
-    times: dict[str, list[float]] = {"default": [], "dale": []}
-    phases: list[dict[str, float]] = []
+    built = trainers(configuration, lookahead)
+    data = batches(built["default"], steps + warmup)
+    times: dict[str, list[float]] = {name: [] for name in built}
+    phases: dict[str, list[dict[str, float]]] = {"exact": [], "fast": []}
     for i, batch in enumerate(data):
-        for name, trainer in (("default", default), ("dale", dale)):
-            dale.phase_times = {} if name == "dale" else None
+        for name, trainer in built.items():  # alternate, so machine noise hits all three alike
+            if name in phases:
+                trainer.phase_times = {}
             start = time.perf_counter()
             trainer.train_step(copy(batch))
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 times[name].append(elapsed)
-                if name == "dale":
-                    phases.append(dale.phase_times)
-    return {"times": times, "phases": phases, "batch_size": default.batch_size}
+                if name in phases:
+                    phases[name].append(trainer.phase_times)
+    return {"times": times, "phases": phases, "batch_size": built["default"].batch_size}
+
+
+def direction_agreement(configuration: str, steps: int, lookahead: int) -> float:
+    """Share of fuzzy voxels whose omega moves the same way (up / down) in fast and exact mode, on the same
+    network state and batch, over a short fast-mode training run."""
+    trainer = trainers(configuration, lookahead)["fast"]
+    fast_confidence = trainer._confidence
+    counts = [0, 0]
+
+    def both(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n):
+        fast = fast_confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
+        config = trainer.dale_config
+        trainer.dale_config = config.replace(omega_mode="exact")
+        exact = fast_confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
+        trainer.dale_config = config
+        moved = (split.fuzzy > 0) & (exact.update != 0)
+        counts[0] += int((torch.sign(fast.update[moved]) == torch.sign(exact.update[moved])).sum())
+        counts[1] += int(moved.sum())
+        return fast
+
+    trainer._confidence = both
+    for batch in batches(trainer, steps):
+        trainer.train_step(copy(batch))
+    return counts[0] / max(counts[1], 1)
 
 
 def peak_memory(configuration: str, which: str, steps: int, lookahead: int) -> float:
     """MB of resident memory the steps add on top of the set-up (run in a fresh process by --memory-child)."""
-    default, dale = trainers(configuration, lookahead)
-    trainer = dale if which == "dale" else default
-    data = batches(default, steps)
+    built = trainers(configuration, lookahead)
+    trainer = built[which]
+    data = batches(built["default"], steps)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for batch in data:
         trainer.train_step(copy(batch))
@@ -110,7 +142,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a run under a minute: 5 steps, no memory")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--workdir", help="reuse a folder for the generated data (default: a temporary one)")
-    parser.add_argument("--memory-child", choices=("default", "dale"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=("default", "exact", "fast"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     configuration = "2d" if args.dims == 2 else "3d_fullres"
     if args.quick:
@@ -124,15 +156,16 @@ def main() -> None:
 
     prepare(workdir, args.size, args.dims, 12)
     result = time_steps(configuration, args.steps, args.warmup, args.lookahead)
+    agreement = direction_agreement(configuration, args.steps, args.lookahead)
     med = {k: statistics.median(v) * 1000 for k, v in result["times"].items()}
-    ratio = med["dale"] / med["default"]
-    phase_names = list(result["phases"][0])
-    phase_ms = {p: statistics.median(ph[p] for ph in result["phases"]) * 1000 for p in phase_names}
-    total = sum(phase_ms.values())
+    phase_ms = {
+        mode: {p: statistics.median(ph[p] for ph in runs) * 1000 for p in runs[0]}
+        for mode, runs in result["phases"].items()
+    }
 
     memory = {}
     if not args.no_memory:
-        for which in ("default", "dale"):
+        for which in ("default", "exact", "fast"):
             out = subprocess.run(
                 [sys.executable, __file__, "--memory-child", which, "--workdir", str(workdir), "--size", str(args.size),
                  "--dims", str(args.dims), "--steps", "5", "-K", str(args.lookahead)],
@@ -143,23 +176,29 @@ def main() -> None:
     print(f"\n{configuration}, {args.size}^{args.dims}, batch {result['batch_size']}, K={args.lookahead}, "
           f"{args.steps} steps each after {args.warmup} warm-up, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")  # fmt: skip
-    print("\n| trainer | median ms/step | IQR ms | ratio |")
+    print("\n| trainer | median ms/step | IQR ms | ratio to default |")
     print("|---|---|---|---|")
-    for name in ("default", "dale"):
+    for name in ("default", "exact", "fast"):
         q1, q3 = np.percentile(np.array(result["times"][name]) * 1000, [25, 75])
         print(f"| {name} | {med[name]:.0f} | {q1:.0f}-{q3:.0f} | {med[name] / med['default']:.2f} |")
-    print("\n| DALE phase | median ms | share of DALE step |")
-    print("|---|---|---|")
-    for p in phase_names:
-        print(f"| {p} | {phase_ms[p]:.0f} | {phase_ms[p] / total:.1%} |")
+    for mode, phases in phase_ms.items():
+        total = sum(phases.values())
+        print(f"\n| DALE {mode} phase | median ms | share |")
+        print("|---|---|---|")
+        for p, ms in phases.items():
+            print(f"| {p} | {ms:.0f} | {ms / total:.1%} |")
     if memory:
-        print("\n| trainer | peak RSS added by the steps (MB) |")
+        print("\n| trainer | peak RSS added by 5 steps (MB) |")
         print("|---|---|")
         for which, mb in memory.items():
             print(f"| {which} | {mb:.0f} |")
-    mem_ratio = f"{memory['dale'] / max(memory['default'], 1e-9):.2f}" if memory else "n/a"
-    split_share = phase_ms["split"] / total
-    print(f"\nratio_exact={ratio:.2f} ratio_fast=n/a mem_ratio={mem_ratio} split_share={split_share:.3f}")
+    print(f"\nomega direction agreement fast vs exact on fuzzy voxels: {agreement:.1%}")
+    mem_ratio = f"{memory['exact'] / max(memory['default'], 1e-9):.2f}" if memory else "n/a"
+    split_share = phase_ms["exact"]["split"] / sum(phase_ms["exact"].values())
+    print(
+        f"\nratio_exact={med['exact'] / med['default']:.2f} ratio_fast={med['fast'] / med['default']:.2f} "
+        f"mem_ratio={mem_ratio} split_share={split_share:.3f} agreement={agreement:.3f}"
+    )
 
 
 if __name__ == "__main__":

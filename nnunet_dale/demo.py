@@ -59,6 +59,21 @@ class Demo:
     # ------------------------------------------------------------------ steps
     def run(self) -> Path:
         start = time.perf_counter()
+        self.prepare()
+        evaluations = {trainer: self.train_predict_evaluate(trainer, self.s.fold) for trainer in self.trainers}
+        self._say("6/6 comparison")
+        table = self.compare({"nnU-Net": [evaluations[self.s.baseline]], "DALE": [evaluations[self.s.dale]]})
+        print(table, flush=True)
+        minutes = (time.perf_counter() - start) / 60
+        self._say(f"done in {minutes:.1f} min. Everything is in {self.out}")
+        return self.out
+
+    @property
+    def trainers(self) -> tuple[str, str]:
+        return self.s.baseline, self.s.dale
+
+    def prepare(self) -> None:
+        """Steps 1-2: the benchmark dataset, planned and preprocessed by nnU-Net."""
         for d in (self.raw, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self._say("1/6 benchmark data")
@@ -69,33 +84,34 @@ class Demo:
         self._say("2/6 nnU-Net planning and preprocessing")
         self._once("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(self.s.dataset_id), "-c", "2d",
                             "-np", "2", "-npfp", "2"])  # fmt: skip
-        evaluations = {}
-        for trainer in (self.s.baseline, self.s.dale):
-            self._say(f"3/6 training {trainer}")
-            self._train(trainer)
-        for trainer in (self.s.baseline, self.s.dale):
-            self._say(f"4/6 predicting the test cases with {trainer}")
-            pred = self.out / "predictions" / trainer
-            self._once(f"predict_{trainer}", ["nnUNetv2_predict", "-i", str(self.dataset / "imagesTs"), "-o",
-                       str(pred), "-d", str(self.s.dataset_id), "-c", "2d", "-f", str(self.s.fold), "-tr", trainer,
-                       "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
-            self._say(f"5/6 evaluating {trainer} against the clean test labels")
-            evaluations[trainer] = self._evaluate(pred)
-        self._say("6/6 comparison")
-        table = self._compare(evaluations)
-        print(table, flush=True)
-        minutes = (time.perf_counter() - start) / 60
-        self._say(f"done in {minutes:.1f} min. Everything is in {self.out}")
-        return self.out
 
-    def _train(self, trainer: str) -> None:
-        folder = self._result_folder(trainer)
+    def train_predict_evaluate(self, trainer: str, fold: int) -> Path:
+        """Steps 3-5 for one trainer and fold: train, predict the test cases, evaluate against the clean labels."""
+        self._say(f"3/6 training {trainer} (fold {fold})")
+        self._train(trainer, fold)
+        self._say(f"4/6 predicting the test cases with {trainer} (fold {fold})")
+        pred = self.out / "predictions" / f"{trainer}_fold{fold}"
+        self._once(f"predict_{trainer}_fold{fold}", ["nnUNetv2_predict", "-i", str(self.dataset / "imagesTs"), "-o",
+                   str(pred), "-d", str(self.s.dataset_id), "-c", "2d", "-f", str(fold), "-tr", trainer,
+                   "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
+        self._say(f"5/6 evaluating {trainer} (fold {fold}) against the clean test labels")
+        return self._evaluate(pred)
+
+    def compare(self, runs: dict[str, list[Path]], out: Path | None = None) -> str:
+        """Step 6: the comparison table (returned) and comparison.md/.json/.png in `out` (default: comparison/)."""
+        from nnunet_dale.compare import compare, format_table
+
+        result = compare(runs, out or self.out / "comparison", images_dir=self.dataset / "imagesTs")
+        return format_table(result)
+
+    def _train(self, trainer: str, fold: int) -> None:
+        folder = self._result_folder(trainer, fold)
         if (folder / "validation" / "summary.json").is_file():
             self._say(f"   reusing the finished training in {folder}")
             return
-        cmd = ["nnUNetv2_train", str(self.s.dataset_id), "2d", str(self.s.fold), "-tr", trainer, "-device", "cpu"]
+        cmd = ["nnUNetv2_train", str(self.s.dataset_id), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
         resumable = any((folder / f"checkpoint_{k}.pth").is_file() for k in ("latest", "final"))
-        self._call(f"train_{trainer}", cmd + (["--c"] if resumable else []))
+        self._call(f"train_{trainer}_fold{fold}", cmd + (["--c"] if resumable else []))
 
     def _evaluate(self, pred: Path) -> Path:
         from nnunet_dale.evaluation import evaluate_folders
@@ -105,17 +121,10 @@ class Demo:
             evaluate_folders(pred, self.dataset / "labelsTs", out)
         return out
 
-    def _compare(self, evaluations: dict[str, Path]) -> str:
-        from nnunet_dale.compare import compare, format_table
-
-        runs = {"nnU-Net": [evaluations[self.s.baseline]], "DALE": [evaluations[self.s.dale]]}
-        result = compare(runs, self.out / "comparison", images_dir=self.dataset / "imagesTs")
-        return format_table(result)
-
     # ------------------------------------------------------------------ plumbing
-    def _result_folder(self, trainer: str) -> Path:
+    def _result_folder(self, trainer: str, fold: int) -> Path:
         name = self.dataset.name
-        return self.out / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__2d" / f"fold_{self.s.fold}"
+        return self.out / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
 
     def _once(self, name: str, cmd: list[str]) -> None:
         marker = self.out / ".done" / name

@@ -98,6 +98,19 @@ class nnUNetTrainerDALE_demo(_Schedule, nnUNetTrainerDALE):
     epochs, iterations, val_iterations = 30, 25, 10
 
 
+# --- the longer benchmark's schedule (benchmarks/noisy_benchmark.py)
+class nnUNetTrainer_bench(_Schedule, nnUNetTrainer):
+    """Default nnU-Net with the longer benchmark's CPU schedule."""
+
+    epochs, iterations, val_iterations = 40, 25, 10
+
+
+class nnUNetTrainerDALE_bench(_Schedule, nnUNetTrainerDALE):
+    """DALE with the longer benchmark's CPU schedule."""
+
+    epochs, iterations, val_iterations = 40, 25, 10
+
+
 # --- tiny schedules for smoke tests, with a default-nnU-Net twin of the same length
 class nnUNetTrainer_quick(_Schedule, nnUNetTrainer):
     """Default nnU-Net, 2 epochs x 10 iterations (5 validation iterations)."""

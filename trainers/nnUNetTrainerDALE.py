@@ -2,6 +2,7 @@
 
 from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import (
+    nnUNetTrainer_bench,
     nnUNetTrainer_demo,
     nnUNetTrainer_quick,
     nnUNetTrainerDALE_5epochs,
@@ -9,6 +10,7 @@ from nnunet_dale.variants import (
     nnUNetTrainerDALE_100epochs,
     nnUNetTrainerDALE_250epochs,
     nnUNetTrainerDALE_AEonly,
+    nnUNetTrainerDALE_bench,
     nnUNetTrainerDALE_bottleneck,
     nnUNetTrainerDALE_demo,
     nnUNetTrainerDALE_ERonly,
@@ -30,8 +32,10 @@ __all__ = [
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_noLW",
     "nnUNetTrainerDALE_noOmega",
+    "nnUNetTrainerDALE_bench",
     "nnUNetTrainerDALE_demo",
     "nnUNetTrainerDALE_quick",
+    "nnUNetTrainer_bench",
     "nnUNetTrainer_demo",
     "nnUNetTrainer_quick",
 ]
