@@ -1,0 +1,35 @@
+"""The demo's pipeline end to end at a tiny size (slow), and its reuse of finished steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_DALE_"))}
+    cmd = [str(Path(sys.executable).parent / "nnunet-dale"), "demo", "--quick", "-o", str(tmp_path / "demo")]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = tmp_path / "demo"
+    comparison = json.loads((out / "comparison" / "comparison.json").read_text())
+    assert (out / "comparison" / "comparison.png").stat().st_size > 10_000
+    for name in ("nnUNetTrainer_quick_fold0", "nnUNetTrainerDALE_quick_fold0"):
+        summary = json.loads((out / "evaluation" / name / "summary.json").read_text())
+        assert len(summary["metric_per_case"]) == 4  # the test cases, evaluated against the clean labels
+        assert math.isfinite(summary["mean"]["1"]["Dice"])
+    assert "| Dice" in first.stdout and f"Everything is in {out}" in first.stdout
+    assert set(comparison["methods"]) >= {"nnU-Net", "DALE"}
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert second.returncode == 0, second.stdout[-3000:]
+    assert second.stdout.count("reusing") >= 4  # planning, both trainings, both predictions
+    assert "Epoch 0" not in second.stdout
