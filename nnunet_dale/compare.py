@@ -21,14 +21,13 @@ import io
 import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from nnunet_dale.evaluation import json_safe
+from nnunet_dale.evaluation import atomic_write, json_safe
 
 DEFAULT_METRICS = ("Dice", "IoU", "HD95", "ASD", "Dice_fuzzy")
 LOWER_IS_BETTER = ("HD95", "ASD")
@@ -757,20 +756,7 @@ def compare(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(comparison, indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(out_dir / "comparison.png", png)
-    _atomic_write_bytes(out_dir / "comparison.json", text.encode("utf-8"))
-    _atomic_write_bytes(out_dir / "comparison.md", markdown.encode("utf-8"))
+    atomic_write(out_dir / "comparison.png", lambda f: f.write(png), binary=True)
+    atomic_write(out_dir / "comparison.json", lambda f: f.write(text))
+    atomic_write(out_dir / "comparison.md", lambda f: f.write(markdown))
     return json.loads(text)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path` (created with the umask's permissions), then os.replace it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

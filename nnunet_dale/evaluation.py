@@ -260,10 +260,11 @@ def json_safe(value):
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, binary: bool = False) -> None:
+    """Call write(f) on a temporary file beside `path`, then os.replace it: readers never see a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
@@ -384,6 +385,6 @@ def evaluate_folders(
         f.write("\n")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_dir / "per_case.csv", write_csv)
-    _atomic_write(out_dir / "summary.json", write_json)
+    atomic_write(out_dir / "per_case.csv", write_csv)
+    atomic_write(out_dir / "summary.json", write_json)
     return summary
