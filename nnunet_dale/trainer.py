@@ -151,7 +151,11 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
             nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
             fuzzy_weights = weight_pyramid(split.fuzzy, target)
-            nonfuzzy_mass, fuzzy_mass = torch.stack([split.nonfuzzy.sum(), split.fuzzy.sum()]).tolist()
+            masses = torch.stack([split.nonfuzzy.sum(), split.fuzzy.sum()])
+            local_fuzzy_mass = split.fuzzy.sum()
+            if self.is_ddp:  # skips must agree on every rank: the real steps and the batch Dice are collectives
+                dist.all_reduce(masses)
+            nonfuzzy_mass, fuzzy_mass = masses.tolist()
 
         # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
         with self._phase("nonfuzzy_step"):
@@ -187,13 +191,15 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         with self._phase("alignment"):
             alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
         confidence, alignment = self._finite_or_skipped(confidence, alignment)
-        mean_omega = (confidence.omega * split.fuzzy).sum() / fuzzy_mass
+        mean_omega = (confidence.omega * split.fuzzy).sum() / local_fuzzy_mass.clamp_min(1e-8)
 
         # line 14: optimise theta_f on D_f (Eq. 2)
         with self._phase("fuzzy_step"):
             with self._autocast():
                 loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
             self._optimizer_step(loss_f, "fuzzy step")
+        if self.is_ddp and local_fuzzy_mass.item() == 0:  # DDP: fuzzy voxels on other ranks only, none here
+            confidence, alignment = None, None
         return self._step_outputs(0.5 * (loss_n + loss_f).detach(), split, confidence, alignment)
 
     def _step_outputs(self, loss, split: FuzzySplit, confidence: Confidence | None, alignment: Alignment | None):
