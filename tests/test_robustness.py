@@ -140,3 +140,14 @@ def test_non_finite_omega_falls_back_to_one(dataset_2d, batch, monkeypatch, mode
     assert trainer.dale_fallbacks["non-finite omega: omega = 1 for this iteration"] == 1
     assert out["dale_mean_omega"] == pytest.approx(1.0) and out["dale_noisy_share"] == 0
     assert all_finite(trainer)
+
+
+def test_class_with_fewer_pixels_than_feature_channels(dataset_2d, batch, monkeypatch):
+    """At the bottleneck (4 x 4 per image, 512 channels) every class has fewer pixels than channels."""
+    monkeypatch.setenv("NNUNET_DALE_FEATURE_SITE", "bottleneck")
+    monkeypatch.setenv("NNUNET_DALE_MIN_CLASS_MASS", "1")
+    trainer = build(nnUNetTrainerDALE, dataset_2d)
+    outputs = [trainer.train_step(copy_batch(batch)) for _ in range(2)]
+    assert all(o["dale_l_w"] > 0 and all(torch.isfinite(torch.tensor(float(v))) for v in o.values()) for o in outputs)
+    assert all_finite(trainer)
+    assert not any("non-finite" in what for what in trainer.dale_fallbacks)
