@@ -122,3 +122,37 @@ class nnUNetTrainerDALE_quick(_Schedule, nnUNetTrainerDALE):
     """DALE, 2 epochs x 10 iterations (5 validation iterations)."""
 
     epochs, iterations, val_iterations = 2, 10, 5
+
+
+# --- fine-tuning from pretrained weights (-pretrained_weights, docs/finetuning.md): shorter, lower initial lr
+class _FineTune(_Schedule):
+    """Schedule mixin for fine-tuning: 50 epochs and a 10x lower initial learning rate (1e-3 instead of 1e-2), so the
+    first steps of the poly schedule do not wash out the pretrained weights; place before the trainer class."""
+
+    epochs = 50
+    finetune_lr: float = 1e-3
+
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),
+    ):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = self.finetune_lr  # read by configure_optimizers in initialize()
+
+
+class nnUNetTrainerDALE_finetune(_FineTune, nnUNetTrainerDALE):
+    """DALE fine-tuning: 50 epochs x 250 iterations, initial learning rate 1e-3."""
+
+
+class nnUNetTrainer_finetune(_FineTune, nnUNetTrainer):
+    """Default nnU-Net with the same fine-tuning schedule, for comparison."""
+
+
+class nnUNetTrainerDALE_finetune_quick(_FineTune, nnUNetTrainerDALE):
+    """DALE fine-tuning for smoke tests: 2 epochs x 10 iterations (5 validation iterations), initial lr 1e-3."""
+
+    epochs, iterations, val_iterations = 2, 10, 5

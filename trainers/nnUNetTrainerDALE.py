@@ -4,6 +4,7 @@ from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import (
     nnUNetTrainer_bench,
     nnUNetTrainer_demo,
+    nnUNetTrainer_finetune,
     nnUNetTrainer_quick,
     nnUNetTrainerDALE_5epochs,
     nnUNetTrainerDALE_50epochs,
@@ -15,6 +16,8 @@ from nnunet_dale.variants import (
     nnUNetTrainerDALE_demo,
     nnUNetTrainerDALE_ERonly,
     nnUNetTrainerDALE_fast,
+    nnUNetTrainerDALE_finetune,
+    nnUNetTrainerDALE_finetune_quick,
     nnUNetTrainerDALE_noLW,
     nnUNetTrainerDALE_noOmega,
     nnUNetTrainerDALE_quick,
@@ -29,6 +32,8 @@ __all__ = [
     "nnUNetTrainerDALE_AEonly",
     "nnUNetTrainerDALE_ERonly",
     "nnUNetTrainerDALE_fast",
+    "nnUNetTrainerDALE_finetune",
+    "nnUNetTrainerDALE_finetune_quick",
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_noLW",
     "nnUNetTrainerDALE_noOmega",
@@ -37,5 +42,6 @@ __all__ = [
     "nnUNetTrainerDALE_quick",
     "nnUNetTrainer_bench",
     "nnUNetTrainer_demo",
+    "nnUNetTrainer_finetune",
     "nnUNetTrainer_quick",
 ]

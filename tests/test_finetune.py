@@ -1,0 +1,149 @@
+"""Fine-tuning with DALE from pretrained weights, through nnU-Net's real command lines (slow).
+
+Recipe of docs/finetuning.md: pretrain default nnU-Net on dataset 981, move its plans to dataset 982 (fingerprint and
+plan 982, nnUNetv2_move_plans_between_datasets, nnUNetv2_preprocess -plans_name), fine-tune DALE on 982 with
+-pretrained_weights; then a DALE checkpoint as the source of a DALE fine-tuning.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+PLANS = "nnUNetPlansFrom981"
+
+
+def run(*cmd: str, env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("finetune")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir()
+        environ[name] = str(root / name)
+    trainers = run("nnunet-dale", "trainers-path", env=environ).stdout.strip()
+    environ.update(nnUNet_extTrainer=trainers, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", nnUNet_compile="false")
+    return environ
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["network_weights"]
+
+
+def distance(a: dict, b: dict, keys) -> float:
+    return float(torch.sqrt(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in keys)))
+
+
+def fresh_network(dataset: str, plans: str, env: dict) -> dict[str, torch.Tensor]:
+    """The weights nnU-Net initialises for this dataset and plans (what a run without pretraining starts from)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(env["nnUNet_preprocessed"]) / dataset
+    plans_manager = PlansManager(load_json(folder / f"{plans}.json"))
+    dataset_json = load_json(folder / "dataset.json")
+    cm = plans_manager.get_configuration("2d")
+    torch.manual_seed(123)
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, cm, determine_num_input_channels(plans_manager, cm, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, True,
+    )  # fmt: skip
+    return network.state_dict()
+
+
+@pytest.fixture(scope="module")
+def finetuned(env) -> dict:
+    """Pretrain nnUNetTrainer_quick on 981, transfer its plans to 982, fine-tune nnUNetTrainerDALE_finetune_quick."""
+    raw = Path(env["nnUNet_raw"])
+    results = Path(env["nnUNet_results"])
+    common = ["--train", "8", "--test", "2", "--size", "64"]
+    run("nnunet-dale", "make-benchmark", "--raw", str(raw), "--id", "981", *common, env=env)
+    run("nnunet-dale", "make-benchmark", "--raw", str(raw), "--id", "982", "--noise", "2.0", "--seed", "1", *common,
+        env=env)  # fmt: skip
+    run("nnUNetv2_plan_and_preprocess", "-d", "981", "-c", "2d", "-np", "1", "-npfp", "1", env=env)
+    run("nnUNetv2_train", "981", "2d", "0", "-tr", "nnUNetTrainer_quick", "-device", "cpu", env=env)
+    source = (
+        results / "Dataset981_DALEBench" / "nnUNetTrainer_quick__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    )
+    assert source.is_file()
+
+    # transfer the pretrained model's plans to the target dataset (nnU-Net's pretraining documentation)
+    run("nnUNetv2_extract_fingerprint", "-d", "982", "-np", "1", env=env)
+    run("nnUNetv2_plan_experiment", "-d", "982", env=env)  # also puts dataset.json where nnUNetv2_preprocess reads it
+    run("nnUNetv2_move_plans_between_datasets", "-s", "981", "-t", "982", "-sp", "nnUNetPlans", "-tp", PLANS, env=env)
+    run("nnUNetv2_preprocess", "-d", "982", "-plans_name", PLANS, "-c", "2d", "-np", "1", env=env)
+    assert (Path(env["nnUNet_preprocessed"]) / "Dataset982_DALEBench" / f"{PLANS}_2d").is_dir()
+
+    trained = run(
+        "nnUNetv2_train", "982", "2d", "0", "-tr", "nnUNetTrainerDALE_finetune_quick", "-p", PLANS,
+        "-pretrained_weights", str(source), "-device", "cpu", env=env,
+    )  # fmt: skip
+    out = results / "Dataset982_DALEBench" / f"nnUNetTrainerDALE_finetune_quick__{PLANS}__2d" / "fold_0"
+    return {"source": source, "out": out, "stdout": trained.stdout}
+
+
+def test_dale_finetunes_from_a_default_nnunet_checkpoint(finetuned, env):
+    out = finetuned["out"]
+    assert (out / "checkpoint_final.pth").is_file()
+    assert "Loading pretrained weights from file" in finetuned["stdout"]
+    log = next(out.glob("training_log_*.txt")).read_text()
+    assert "Current learning rate: 0.001" in log  # the fine-tuning schedule's lower initial learning rate
+    assert log.count("DALE fuzzy fraction") == 2  # DALE's train step ran, one statistics line per epoch
+
+    pretrained, tuned = weights(finetuned["source"]), weights(out / "checkpoint_final.pth")
+    fresh = fresh_network("Dataset982_DALEBench", PLANS, env)
+    body = [k for k in tuned if ".seg_layers." not in k and tuned[k].is_floating_point() and tuned[k].ndim > 1]
+    heads = [k for k in tuned if ".seg_layers." in k and k.endswith("weight")]
+    assert body and heads
+    # started from the pretrained weights: after 40 small steps the convolutions are still far closer to the
+    # pretrained ones than an nnU-Net initialisation is (independent inits are about sqrt(2) norms apart)
+    moved, init_gap = distance(tuned, pretrained, body), distance(fresh, pretrained, body)
+    assert moved < 0.2 * init_gap, (moved, init_gap)
+    # nnU-Net's rule: segmentation heads are never transferred (they may have another number of classes)
+    assert distance(tuned, pretrained, heads) > 0.5 * distance(fresh, pretrained, heads)
+
+
+def test_a_dale_checkpoint_is_a_pretrained_source_too(finetuned, env, monkeypatch):
+    """The DALE run above as the source of a DALE fine-tuning on 981 (its plans are 981's): loaded by nnU-Net's own
+    maybe_load_checkpoint, the code path of `nnUNetv2_train -pretrained_weights`, without another training."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+
+    from nnunet_dale.variants import nnUNetTrainerDALE_finetune_quick
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    for key in [k for k in os.environ if k.startswith("NNUNET_DALE_")]:
+        monkeypatch.delenv(key)
+    source = finetuned["out"] / "checkpoint_final.pth"
+    assert torch.load(source, map_location="cpu", weights_only=False)["logging"].get("_dale_config")  # a DALE one
+    folder = Path(env["nnUNet_preprocessed"]) / "Dataset981_DALEBench"
+    plans = load_json(folder / "nnUNetPlans.json")
+    plans["continue_training"] = False  # as nnU-Net's run_training sets it
+    trainer = nnUNetTrainerDALE_finetune_quick(
+        plans, "2d", 0, load_json(folder / "dataset.json"), device=torch.device("cpu")
+    )
+    assert trainer.initial_lr == pytest.approx(1e-3) and trainer.num_epochs == 2
+    maybe_load_checkpoint(trainer, False, False, str(source))
+    loaded, saved = trainer.network.state_dict(), weights(source)
+    transferred = [k for k in loaded if ".seg_layers." not in k]
+    assert transferred and all(torch.equal(loaded[k], saved[k]) for k in transferred)
+    assert not any(torch.equal(loaded[k], saved[k]) for k in loaded if ".seg_layers." in k and k.endswith("weight"))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
