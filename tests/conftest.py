@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +90,27 @@ def batch(dataset_2d):
 
 def copy_batch(batch):
     return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
+
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*cmd: str, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a command of this environment (nnUNetv2_*, nnunet-dale); with ok=True a failure shows its output."""
+    result = subprocess.run(
+        [str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if ok and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def cli_env(root: Path) -> dict:
+    """The environment for nnU-Net's command lines: nnUNet_* folders under `root`, DALE's trainers findable."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir(exist_ok=True)
+        environ[name] = str(root / name)
+    trainers = run_cli("nnunet-dale", "trainers-path", env=environ).stdout.strip()
+    environ.update(nnUNet_extTrainer=trainers, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", nnUNet_compile="false")
+    return environ

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from nnunet_dale.cli import main
 from nnunet_dale.config import DALEConfig
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
-BIN = Path(sys.executable).parent
+from conftest import run_cli as run
 
 
 # ---------------------------------------------------------------------------------------------- statistics by hand
@@ -297,13 +295,6 @@ def test_clear_errors_for_a_missing_folder_checkpoint_or_preprocessed_path(tmp_p
 
 
 # ---------------------------------------------------------------------------------------------- end to end (slow)
-def run(*cmd: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.mark.slow

@@ -4,36 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import cli_env
+from conftest import run_cli as run
+
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def run(*cmd: str, env: dict, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-    if ok and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("e2e")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir()
-        environ[name] = str(root / name)
-    trainers = run("nnunet-dale", "trainers-path", env=environ).stdout.strip()
-    environ.update(nnUNet_extTrainer=trainers, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", nnUNet_compile="false")
-    return environ
+    return cli_env(tmp_path_factory.mktemp("e2e"))
 
 
 def test_plan_train_predict_evaluate_resume(env):

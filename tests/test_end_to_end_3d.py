@@ -13,9 +13,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +21,9 @@ import SimpleITK as sitk
 from nnunet_dale import trainers_path
 from nnunet_dale.benchmark_data import make_benchmark
 
+from conftest import run_cli as run
+
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
 SPACING = (3.0, 1.0, 1.0)  # nnU-Net order (z, y, x); SimpleITK stores (x, y, z)
 TRAINER = "nnUNetTrainerDALE_3dtest"
 VARIANT = f"""
@@ -35,13 +33,6 @@ from nnunet_dale.variants import nnUNetTrainerDALE_quick
 class {TRAINER}(nnUNetTrainerDALE_quick):
     epochs, iterations, val_iterations = 1, 2, 1
 """
-
-
-def run(*cmd: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 def test_3d_anisotropic_plan_train_validate(tmp_path):
