@@ -151,11 +151,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
             nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
             fuzzy_weights = weight_pyramid(split.fuzzy, target)
-            masses = torch.stack([split.nonfuzzy.sum(), split.fuzzy.sum()])
             local_fuzzy_mass = split.fuzzy.sum()
+            masses = torch.stack([split.nonfuzzy.sum(), local_fuzzy_mass])
             if self.is_ddp:  # skips must agree on every rank: the real steps and the batch Dice are collectives
-                dist.all_reduce(masses)
-            nonfuzzy_mass, fuzzy_mass = masses.tolist()
+                masses = torch.cat([masses, masses.clone()])
+                dist.all_reduce(masses[:2])
+            nonfuzzy_mass, fuzzy_mass, *local = masses.tolist()  # one host sync (local: this rank's, under DDP)
 
         # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
         with self._phase("nonfuzzy_step"):
@@ -170,7 +171,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 gradient_n = self._fallback("no non-fuzzy region: non-fuzzy step skipped")
         if fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
             self._fallback("no fuzzy region: omega and fuzzy step skipped")
-            return self._step_outputs(loss_n.detach(), split, None, None)
+            return self._step_outputs(loss_n.detach(), split)
 
         # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
         with self._phase("fuzzy_forward"):
@@ -198,22 +199,26 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             with self._autocast():
                 loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
             self._optimizer_step(loss_f, "fuzzy step")
-        if self.is_ddp and local_fuzzy_mass.item() == 0:  # DDP: fuzzy voxels on other ranks only, none here
-            confidence, alignment = None, None
-        return self._step_outputs(0.5 * (loss_n + loss_f).detach(), split, confidence, alignment)
+        loss = 0.5 * (loss_n + loss_f).detach()
+        if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
+            return self._step_outputs(loss, split)
+        noisy_share = (confidence.noisy * split.fuzzy).sum() / local_fuzzy_mass
+        return self._step_outputs(loss, split, mean_omega, noisy_share, alignment)
 
-    def _step_outputs(self, loss, split: FuzzySplit, confidence: Confidence | None, alignment: Alignment | None):
-        """train_step's dict: the loss and DALE's statistics, fetched with one host sync."""
+    def _step_outputs(
+        self, loss, split: FuzzySplit, mean_omega=None, noisy_share=None, alignment: Alignment | None = None
+    ) -> dict:
+        """train_step's dict: the loss and DALE's statistics, fetched with one host sync. Without omega statistics
+        (no fuzzy region) they read as neutral: omega 1, noisy share 0, L_W 0."""
         zero = torch.zeros((), device=loss.device)
-        if confidence is None:
+        if mean_omega is None:
             values = [loss, split.fuzzy.mean(), zero + 1, zero, zero, zero - 1]
         else:
-            fuzzy_mass = split.fuzzy.sum()
             values = [
                 loss,
                 split.fuzzy.mean(),
-                (confidence.omega * split.fuzzy).sum() / fuzzy_mass,
-                (confidence.noisy * split.fuzzy).sum() / fuzzy_mass,
+                mean_omega.detach(),
+                noisy_share,
                 alignment.loss.detach(),
                 alignment.classes_used.to(loss.dtype),
             ]
