@@ -42,9 +42,9 @@ class ClassGaussians:
 
 def class_gaussians(features: torch.Tensor, membership: torch.Tensor, weight: torch.Tensor) -> ClassGaussians:
     """Eq. 12-13 (operations d, e): weighted mean and covariance of features (B, D, *s) per class of `membership`."""
-    d = features.shape[1]
-    f = features.movedim(1, 0).reshape(d, -1).to(torch.float32)  # (D, N)
-    w = (membership * weight).movedim(1, 0).reshape(membership.shape[1], -1)  # (C, N)
+    d, dtype = features.shape[1], torch.promote_types(features.dtype, torch.float32)  # fp16 under AMP: fp32
+    f = features.movedim(1, 0).reshape(d, -1).to(dtype)  # (D, N)
+    w = (membership * weight).movedim(1, 0).reshape(membership.shape[1], -1).to(dtype)  # (C, N)
     mass = w.sum(1)
     mean = (w @ f.T) / mass.clamp_min(1e-8)[:, None]
     centred = f[None] - mean[:, :, None]  # (C, D, N)

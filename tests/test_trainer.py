@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from nnunet_dale.confidence import Confidence
 from nnunet_dale.config import DALEConfigError
 from nnunet_dale.progress import DALE_STATS
+from nnunet_dale.split import fuzzy_split
 from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
 from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega
+from nnunet_dale.weighted_loss import weight_pyramid
 
 from conftest import build, copy_batch
 
@@ -104,6 +107,69 @@ def test_ablation_variants(dataset_2d, batch):
     assert no_lw.feature_tap is None
     out = no_lw.train_step(copy_batch(batch))
     assert out["dale_l_w"] == 0 and out["dale_mean_omega"] != pytest.approx(1.0)
+
+
+def reference_step(trainer, batch, learn_omega: bool = True) -> None:
+    """Algorithm 1 written out slowly: every forward separate (no shared fuzzy forward), the hypergradient of Eq. 11
+    by double backward through an explicit functional shadow step (not the trainer's JVP), Adam's first step on
+    omega by its closed form. `learn_omega=False` keeps omega = 1 (a deliberately wrong step, for sensitivity)."""
+    cfg, net, loss = trainer.dale_config, trainer.network, trainer.dale_loss
+    data, target = batch["data"], batch["target"]
+    split = fuzzy_split(data, target[0], trainer.dale_patch_size, cfg.tau, cfg.entropy_bins)
+    w_n, w_f = weight_pyramid(split.nonfuzzy, target), weight_pyramid(split.fuzzy, target)
+
+    def sgd(objective):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12)
+        trainer.optimizer.step()
+
+    with trainer.feature_tap.capture() as tap:  # Eq. 1 at theta_{t-1}
+        loss_n = loss(net(data * split.nonfuzzy), target, w_n)
+    features_n = tap.value.detach()
+    sgd(loss_n)
+
+    params = dict(net.named_parameters())  # theta_n
+    omega = torch.ones_like(split.fuzzy, requires_grad=True)
+    loss_p = loss(net(data * split.fuzzy), target, weight_pyramid(omega * split.fuzzy, target), w_f)  # Eq. 8
+    grads = torch.autograd.grad(loss_p, list(params.values()), create_graph=True, materialize_grads=True)
+    theta_p = {n: p - trainer.optimizer.param_groups[0]["lr"] * g for (n, p), g in zip(params.items(), grads)}
+    shadow_out = torch.func.functional_call(net, theta_p, (data * split.nonfuzzy,), tie_weights=False)
+    (hypergradient,) = torch.autograd.grad(loss(shadow_out, target, w_n), omega)  # Eq. 9-11
+    step = cfg.omega_lr * hypergradient / (hypergradient.abs() + 1e-8)  # Adam's first step: lr * m_hat / sqrt(v_hat)
+    omega_star = (1 - step if learn_omega else torch.ones_like(step)).detach()
+
+    with trainer.feature_tap.capture() as tap:  # a fresh fuzzy forward at theta_n (Eq. 2)
+        out_f = net(data * split.fuzzy)
+    confidence = Confidence(omega=omega_star, update=omega_star - 1)
+    l_w = trainer._alignment(features_n, tap.value, target[0], split, confidence).loss
+    mean_omega = (omega_star * split.fuzzy).sum() / split.fuzzy.sum()
+    sgd(loss(out_f, target, weight_pyramid(omega_star * split.fuzzy, target), w_f) + cfg.alpha * mean_omega * l_w)
+
+
+def test_exact_step_equals_a_slow_unshared_reference(dataset_2d, batch):
+    """The trainer's exact step (shared fuzzy forward, JVP hypergradient) lands on the parameters of the slow
+    reference (separate forwards, double backward), in float64; the same reference with omega = 1 does not."""
+    batch64 = {"data": batch["data"].double(), "target": [t.double() for t in batch["target"]]}
+    torch.manual_seed(0)
+    trainers = [build(nnUNetTrainerDALE, dataset_2d) for _ in range(3)]
+    for t in trainers:
+        t.network.double()
+        t.network.load_state_dict(trainers[0].network.state_dict())
+    torch.manual_seed(7)  # the covariance perturbation of Eq. 13 is the only random draw of a step
+    trainers[0].train_step(copy_batch(batch64))
+    torch.manual_seed(7)
+    reference_step(trainers[1], copy_batch(batch64))
+    torch.manual_seed(7)
+    reference_step(trainers[2], copy_batch(batch64), learn_omega=False)
+
+    def distance(a, b):
+        pairs = zip(a.network.parameters(), b.network.parameters())
+        return max(float((p - q).abs().max()) for p, q in pairs)
+
+    scale = max(float(p.abs().max()) for p in trainers[1].network.parameters())
+    assert distance(trainers[0], trainers[1]) < 1e-9 * scale
+    assert distance(trainers[2], trainers[1]) > 1e-5 * scale  # omega moves the step far beyond the tolerance
 
 
 @pytest.mark.parametrize(
