@@ -144,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
-    from report import provenance, write_section
+    from report import demote_headings, provenance, write_section
 
     check_hold_out(args.hold_out, args.hold_out_seed)  # bad arguments: an error before any folder is made
     if not args.source.exists():
@@ -169,15 +169,17 @@ def run(args: argparse.Namespace) -> None:
     figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bench.out / "comparison" / "comparison.png", figure)
     command = "python benchmarks/real_data.py " + " ".join(sys.argv[1:])
+    folds = f"fold{'s' * (len(args.folds) > 1)} {', '.join(map(str, args.folds))}"
     lines = [
-        f"## Real data: {args.dataset} subset, held-out test split",
+        f"## Real data: {get_converter(args.dataset).dataset_name} subset, held-out test split",
         "",
-        f"Command: {provenance(command, hours)}, on a machine with {os.cpu_count()} CPU cores. "
-        f"Data: {bench.describe_data()}. Schedule: {schedule(settings.baseline, settings.dale)}, CPU. Runs: folds "
-        f"{', '.join(map(str, args.folds))} (nnU-Net's split of the training part: own initialisation and "
-        "train/validation cases each; the same test cases).",
+        f"Command: {provenance(command, hours)} (this invocation only: steps reused from an earlier run in the same "
+        f"work folder are not counted), on a machine with {os.cpu_count()} CPU cores. "
+        f"Data: {bench.describe_data()}. Schedule: {schedule(settings.baseline, settings.dale)}, CPU. Runs: {folds} "
+        "(nnU-Net's split of the training part: own initialisation and train/validation cases each; the same test "
+        "cases).",
         "",
-        table.strip(),
+        demote_headings(table.strip()),
         "",
         "**Reading:** to be added by a human after checking these numbers; nothing is concluded from them here.",
         "",

@@ -17,6 +17,11 @@ def provenance(command: str, hours: float) -> str:
     )
 
 
+def demote_headings(markdown: str, levels: int = 2) -> str:
+    """The markdown with every heading `levels` deeper (`# A` -> `### A`), to nest a generated report in a section."""
+    return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
+
+
 def write_section(path: Path, key: str, text: str) -> None:
     """Replace (or append) the part of a markdown file between <!-- key --> and <!-- /key -->."""
     begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"

@@ -125,6 +125,12 @@ def test_real_data_benchmark_converts_once_then_reuses(tmp_path, monkeypatch):
         schedule("nnUNetTrainer_quick", "nnUNetTrainerDALE_bench")
 
 
+def test_demote_headings():
+    from report import demote_headings
+
+    assert demote_headings("# A\n\ntext #1\n## B\n| x |") == "### A\n\ntext #1\n#### B\n| x |"
+
+
 def test_write_section_replaces_or_appends(tmp_path):
     from report import write_section
 
