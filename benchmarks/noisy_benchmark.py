@@ -13,14 +13,10 @@ the time-to-accuracy figure (benchmarks/time_to_accuracy.py) for each fold.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import sys
 import time
-from datetime import date
 from pathlib import Path
-
-import torch
 
 from nnunet_dale.demo import Demo, DemoSettings
 
@@ -37,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="benchmark data seed")
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
     args = parser.parse_args()
+    from report import provenance, write_section
     from time_to_accuracy import format_row, time_to_accuracy
 
     settings = DemoSettings(
@@ -63,8 +60,7 @@ def main() -> None:
     lines = [
         "## Built-in noisy-label benchmark (longer run)",
         "",
-        f"Command: `{command.strip()}` — {date.today()}, {platform.machine()}, {torch.get_num_threads()} CPU "
-        f"threads, torch {torch.__version__}, {hours:.1f} h in total. Data: `make_benchmark` seed {args.seed}, "
+        f"Command: {provenance(command, hours)}. Data: `make_benchmark` seed {args.seed}, "
         f"{args.train} training cases with noisy labels, {args.test} test cases evaluated against their clean labels, "
         f"64 x 64. Schedule: {settings.baseline} / {settings.dale}, 40 epochs x 25 iterations. Runs: folds "
         f"{', '.join(map(str, args.folds))} (own initialisation and train/validation split each; the same test set).",
@@ -81,18 +77,6 @@ def main() -> None:
         "![per-case comparison and examples](figures/results-benchmark.png)",
     ]
     write_section(Path(args.results), "noisy-benchmark", "\n".join(lines))
-
-
-def write_section(path: Path, key: str, text: str) -> None:
-    """Replace (or append) the part of a markdown file between <!-- key --> and <!-- /key -->."""
-    begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
-    old = path.read_text() if path.is_file() else "# Results\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
 
 
 if __name__ == "__main__":

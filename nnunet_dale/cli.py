@@ -103,6 +103,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_dale.converters import add_test_set, convert
 
     raw = Path(args.raw) if args.raw else None  # None: $nnUNet_raw
+    if args.add_test_set and args.hold_out is not None:
+        raise ValueError("--hold-out splits a converted dataset's training cases; it cannot go with --add-test-set")
     if args.add_test_set:
         folder = add_test_set(
             args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, set_name=args.name,
@@ -111,7 +113,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         folder = convert(
             args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, dataset_name=args.name,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, hold_out=args.hold_out, hold_out_seed=args.hold_out_seed,
         )  # fmt: skip
     print(folder)
     return 0
@@ -215,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
     p.add_argument("--add-test-set", action="store_true", help="add as imagesTs_<name> to existing dataset --id")
+    p.add_argument(
+        "--hold-out", type=float, metavar="F",
+        help="move this fraction of the training cases to imagesTs/labelsTs (datasets without a test split)",
+    )  # fmt: skip
+    p.add_argument("--hold-out-seed", type=int, default=0, help="seed of the hold-out's random choice (default 0)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 20 min on 2 cores)")

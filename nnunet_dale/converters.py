@@ -773,6 +773,8 @@ def convert(
     dataset_name: str | None = None,
     overwrite: bool = False,
     verbose: bool = True,
+    hold_out: float | None = None,
+    hold_out_seed: int = 0,
 ) -> Path:
     """Converts dataset ``name`` (a key of ``CONVERTERS``) read from ``source`` to ``raw_root/DatasetNNN_<Name>/``.
 
@@ -781,11 +783,17 @@ def convert(
     ``max_size``: downsample so that the longer side is at most this many pixels (default: keep the size).
     ``dataset_name``: the ``<Name>`` part of the folder (default: e.g. ``ISIC2017``).
     ``overwrite``: replace the folder(s) of ``raw_root`` that already use ``dataset_id``.
+    ``hold_out``: move this fraction of the training cases to imagesTs/labelsTs (seeded by ``hold_out_seed``,
+    stratified by empty / non-empty label; see ``nnunet_dale.holdout``); only for datasets without a test split.
     Returns the written folder. Raises ``ConversionError`` on any problem, leaving ``raw_root`` unchanged.
     """
     converter = get_converter(name)
     dataset_id = _check_id(dataset_id)
     max_size = _check_max_size(max_size)
+    if hold_out is not None:
+        from nnunet_dale import holdout
+
+        hold_out, hold_out_seed = holdout.check_hold_out(hold_out, hold_out_seed)
     folder_name = f"Dataset{dataset_id:03d}_{_check_name(dataset_name or converter.dataset_name, 'dataset name')}"
     raw_root = _raw_root(raw_root)
     target = raw_root / folder_name
@@ -808,6 +816,10 @@ def convert(
     try:
         tree = SourceTree(source, work / "extracted")
         collected = converter.collect(tree)
+        if hold_out is not None:  # the hold-out's errors before anything is written
+            if "Ts" in collected.splits:
+                raise holdout.existing_test_split(f"{name} source {source}")
+            holdout.held_out_count(len(collected.splits.get("Tr", [])), hold_out)
         out = work / folder_name
         out.mkdir()
         counts, converted = {}, 0
@@ -818,6 +830,10 @@ def convert(
         _write_dataset_json(out, converter, folder_name, counts, max_size, source)
         if collected.official_split is not None:
             (out / SPLITS_FILE).write_text(json.dumps([collected.official_split], indent=1))
+        if hold_out is not None:
+            record = holdout.hold_out_in_place(out, hold_out, hold_out_seed)
+            counts.update(Tr=record["num_training"], Ts=record["num_test"])
+            collected.notes.append(holdout.format_record(target, record))
         replaced = []
         for i, old in enumerate(existing):
             old.rename(work / f"replaced_{i}")

@@ -2,16 +2,18 @@
 
 generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (both trainers, same short
 schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table and PNG.
-Everything lives in one output folder; finished steps are reused when the demo is run again.
+Everything lives in one output folder; finished steps are reused when the demo is run again. `RawDatasetDemo` runs
+the same steps on an existing raw dataset with a test split (benchmarks/real_data.py).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nnunet_dale import trainers_path
@@ -40,6 +42,8 @@ class DemoError(RuntimeError):
 
 
 class Demo:
+    test_labels = "clean test labels"  # what labelsTs holds, for the progress messages
+
     def __init__(self, out_dir: Path, settings: DemoSettings = DemoSettings()):
         self.out = Path(out_dir).resolve()
         self.s = settings
@@ -73,20 +77,24 @@ class Demo:
         return self.s.baseline, self.s.dale
 
     def prepare(self) -> None:
-        """Steps 1-2: the benchmark dataset, planned and preprocessed by nnU-Net."""
+        """Steps 1-2: the raw dataset (`make_dataset`), planned and preprocessed by nnU-Net."""
         for d in (self.raw, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self._say("1/6 benchmark data")
-        self.dataset = make_benchmark(
-            self.raw, self.s.dataset_id, num_train=self.s.num_train, num_test=self.s.num_test, size=self.s.size,
-            seed=self.s.seed, noise=self.s.noise,
-        )  # fmt: skip
+        self.dataset = self.make_dataset()
         self._say("2/6 nnU-Net planning and preprocessing")
         self._once("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(self.s.dataset_id), "-c", "2d",
                             "-np", "2", "-npfp", "2"])  # fmt: skip
 
+    def make_dataset(self) -> Path:
+        """Step 1: the raw dataset with imagesTs/labelsTs in `self.raw`; here the generated benchmark."""
+        self._say("1/6 benchmark data")
+        return make_benchmark(
+            self.raw, self.s.dataset_id, num_train=self.s.num_train, num_test=self.s.num_test, size=self.s.size,
+            seed=self.s.seed, noise=self.s.noise,
+        )  # fmt: skip
+
     def train_predict_evaluate(self, trainer: str, fold: int) -> Path:
-        """Steps 3-5 for one trainer and fold: train, predict the test cases, evaluate against the clean labels."""
+        """Steps 3-5 for one trainer and fold: train, predict the test cases, evaluate against their labels."""
         self._say(f"3/6 training {trainer} (fold {fold})")
         self._train(trainer, fold)
         self._say(f"4/6 predicting the test cases with {trainer} (fold {fold})")
@@ -94,7 +102,7 @@ class Demo:
         self._once(f"predict_{trainer}_fold{fold}", ["nnUNetv2_predict", "-i", str(self.dataset / "imagesTs"), "-o",
                    str(pred), "-d", str(self.s.dataset_id), "-c", "2d", "-f", str(fold), "-tr", trainer,
                    "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
-        self._say(f"5/6 evaluating {trainer} (fold {fold}) against the clean test labels")
+        self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
         return self._evaluate(pred)
 
     def compare(self, runs: dict[str, list[Path]], out: Path | None = None) -> str:
@@ -151,6 +159,39 @@ class Demo:
     @staticmethod
     def _say(text: str) -> None:
         print(f"[nnunet-dale demo] {text}", flush=True)
+
+
+class RawDatasetDemo(Demo):
+    """The demo's pipeline on an existing nnU-Net raw dataset that has a test split (imagesTs + labelsTs, e.g. from
+    `nnunet-dale convert ... --hold-out 0.3`): plan, train both trainers, predict imagesTs, evaluate against labelsTs,
+    compare. `nnUNet_raw` is the dataset's parent folder; preprocessed data, results and everything else go to
+    `out_dir`. Of `settings` only the trainers and the fold are used (the dataset id comes from the folder name)."""
+
+    test_labels = "reference test labels (labelsTs)"
+
+    def __init__(self, out_dir: Path, dataset: Path, settings: DemoSettings = DemoSettings()):
+        self.source = Path(dataset).expanduser().resolve()
+        match = re.fullmatch(r"Dataset(\d{3})_.+", self.source.name)
+        if match is None:
+            raise DemoError(f"{self.source} is not an nnU-Net raw dataset folder (expected a name DatasetNNN_<Name>)")
+        super().__init__(out_dir, replace(settings, dataset_id=int(match[1])))
+        self.raw = self.source.parent
+        self.env["nnUNet_raw"] = str(self.raw)
+
+    def make_dataset(self) -> Path:
+        """Step 1: the existing dataset, checked."""
+        self._say(f"1/6 raw dataset {self.source}")
+        return self.check_dataset()
+
+    def check_dataset(self) -> Path:
+        """The dataset folder, if it has what the later steps read; else a DemoError naming what is missing."""
+        for name in ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            if not (self.source / name).exists():
+                hint = " (hold out a test split: nnunet_dale.holdout.hold_out_test_set)" if "Ts" in name else ""
+                raise DemoError(f"{self.source} has no {name}{hint}")
+        if not any((self.source / "labelsTs").iterdir()):
+            raise DemoError(f"{self.source / 'labelsTs'} is empty: no test cases to evaluate")
+        return self.source
 
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> Path:

@@ -1,0 +1,293 @@
+"""A held-out test split for a raw dataset that has no official one: a seeded share of imagesTr -> imagesTs.
+
+``hold_out_test_set(dataset, fraction, seed)`` moves ``round(fraction * N)`` of the N training cases (the image file
+of every channel and the label) from ``imagesTr/labelsTr`` to ``imagesTs/labelsTs`` and updates ``dataset.json``
+(``numTraining``, ``test_sets`` if the dataset records one, and a ``hold_out`` record) and ``splits_official.json``
+if there is one. The cases are stratified by empty vs non-empty label (BUSI's normal cases have empty masks), so both
+parts get their share of each; the choice depends only on the case identifiers, which labels are empty, the fraction
+and the seed. The new dataset is built in a temporary folder beside the old one (hard links, no copies) and renamed
+into place: on any error the dataset is left unchanged. ``nnunet-dale convert ... --hold-out F`` does the same on
+the freshly converted dataset before it is renamed into ``nnUNet_raw``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_dale.converters import SPLITS_FILE, ConversionError, _datasets_with_id, _raw_root, _remove
+
+HOLD_OUT_KEY = "hold_out"  # the record in dataset.json
+TEST_SPLIT = ("imagesTs", "labelsTs")
+
+
+def check_hold_out(fraction: float, seed: int) -> tuple[float, int]:
+    """The validated (fraction, seed): a fraction strictly between 0 and 1 and a non-negative integer seed."""
+    number = (int, float, np.integer, np.floating)
+    if isinstance(fraction, bool) or not isinstance(fraction, number) or not 0 < fraction < 1:
+        raise ConversionError(f"hold-out fraction must be a number between 0 and 1 (exclusive), got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConversionError(f"hold-out seed must be a non-negative integer, got {seed!r}")
+    return float(fraction), int(seed)
+
+
+def held_out_count(num_cases: int, fraction: float) -> int:
+    """round(fraction * num_cases) (halves rounded up); an error unless >= 1 test and >= 2 training cases remain."""
+    n_test = math.floor(fraction * num_cases + 0.5)
+    if n_test < 1 or num_cases - n_test < 2:
+        raise ConversionError(
+            f"holding out {fraction:g} of {num_cases} training cases would leave {num_cases - n_test} for training "
+            f"and {n_test} for testing; at least 2 training cases and 1 test case are needed"
+        )
+    return n_test
+
+
+def choose_test_cases(cases: Sequence[str], empty: Collection[str], fraction: float, seed: int) -> list[str]:
+    """The sorted identifiers of the held-out cases: ``held_out_count`` of them, shared between the non-empty and
+    the empty-label stratum in proportion to their sizes (largest remainder), drawn at random within each stratum
+    with ``numpy.random.default_rng(seed)``."""
+    ids = sorted(cases)
+    n_test = held_out_count(len(ids), fraction)
+    strata = [[c for c in ids if c not in empty], [c for c in ids if c in empty]]
+    quotas = [n_test * len(s) / len(ids) for s in strata]
+    counts = [math.floor(q) for q in quotas]
+    by_remainder = sorted(range(len(strata)), key=lambda i: counts[i] - quotas[i])  # stable: non-empty first on ties
+    for i in by_remainder[: n_test - sum(counts)]:
+        counts[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for stratum, k in zip(strata, counts):
+        chosen += [stratum[j] for j in rng.permutation(len(stratum))[:k]]
+    return sorted(chosen)
+
+
+def existing_test_split(folder: Path | str) -> ConversionError:
+    """The error for a dataset (or source) that already has a test split."""
+    return ConversionError(
+        f"{folder} already has a test split (imagesTs/labelsTs): a hold-out is only for datasets without one"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reading a raw dataset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"could not read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _write_json(path: Path, data) -> None:
+    """A new file replacing ``path`` (never writing into the old file, which may be hard-linked to the original)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=4))
+    os.replace(tmp, path)
+
+
+def _read_dataset(folder: Path) -> tuple[dict, dict[str, list[Path]]]:
+    """dataset.json and {case: [image files by channel..., label file]} of the training cases; checks the layout."""
+    json_file = folder / "dataset.json"
+    if not json_file.is_file():
+        raise ConversionError(f"no nnU-Net raw dataset at {folder} (no dataset.json)")
+    dataset_json = _read_json(json_file)
+    if "dataset" in dataset_json:
+        raise ConversionError(f"{json_file} lists its files explicitly ('dataset' key): not supported by the hold-out")
+    ending = dataset_json.get("file_ending")
+    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+    if not isinstance(ending, str) or not isinstance(channels, dict):
+        raise ConversionError(f"{json_file} lacks file_ending or channel_names")
+    if any((folder / d).exists() for d in TEST_SPLIT):
+        raise existing_test_split(folder)
+    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise ConversionError(f"no {d.name} folder in {folder}")
+    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.iterdir()) if p.name.endswith(ending)}
+    pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending))
+    images: dict[str, dict[int, Path]] = {}
+    for p in sorted(images_dir.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m is None:
+            continue
+        if m["case"] not in labels:
+            raise ConversionError(f"image without label: {p} (expected {labels_dir / (m['case'] + ending)})")
+        images.setdefault(m["case"], {})[int(m["channel"])] = p
+    cases = {}
+    expected = sorted(next(iter(images.values()), {0: None}))  # channel files: one per channel, or one RGB PNG
+    for case, label in labels.items():
+        found = images.get(case, {})
+        if sorted(found) != expected or expected[0] != 0:
+            raise ConversionError(
+                f"label {label} should have the image file(s) {', '.join(f'{case}_{c:04d}{ending}' for c in expected)}"
+                f" in {images_dir}; found {', '.join(p.name for p in found.values()) or 'none'}"
+            )
+        cases[case] = [found[c] for c in expected] + [label]
+    if dataset_json.get("numTraining") != len(cases):
+        raise ConversionError(
+            f"{json_file} says numTraining {dataset_json.get('numTraining')!r} but {labels_dir} holds {len(cases)} "
+            "labelled cases"
+        )
+    return dataset_json, cases
+
+
+def _empty_labels(dataset_json: dict, cases: dict[str, list[Path]]) -> set[str]:
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    if not cases:
+        return set()
+    first = next(iter(cases.values()))
+    reader = determine_reader_writer_from_dataset_json(dataset_json, str(first[0]), verbose=False)()
+    empty = set()
+    for case, files in cases.items():
+        try:
+            seg, _ = reader.read_seg(str(files[-1]))
+        except Exception as error:  # nnU-Net's readers raise anything from OSError to RuntimeError
+            raise ConversionError(f"could not read label {files[-1]}: {error}") from error
+        if not np.any(seg):
+            empty.add(case)
+    return empty
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the split
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def hold_out_in_place(folder: Path, fraction: float, seed: int = 0) -> dict:
+    """Moves the held-out cases of the raw dataset ``folder`` into imagesTs/labelsTs and updates its json files, in
+    place: only for a folder nobody else uses yet (``hold_out_test_set`` wraps it atomically). Returns the record
+    written to dataset.json under ``hold_out``."""
+    fraction, seed = check_hold_out(fraction, seed)
+    folder = Path(folder)
+    dataset_json, cases = _read_dataset(folder)
+    empty = _empty_labels(dataset_json, cases)
+    test = choose_test_cases(list(cases), empty, fraction, seed)
+    splits = _updated_official_splits(folder / SPLITS_FILE, set(test))
+    destination = {"imagesTr": folder / "imagesTs", "labelsTr": folder / "labelsTs"}
+    for d in destination.values():
+        d.mkdir()
+    for case in test:
+        for f in cases[case]:
+            f.rename(destination[f.parent.name] / f.name)
+    record = {
+        "fraction": fraction,
+        "seed": seed,
+        "stratified_by": "empty / non-empty label",
+        "num_training": len(cases) - len(test),
+        "num_test": len(test),
+        "num_training_empty": len(empty) - len(empty & set(test)),
+        "num_test_empty": len(empty & set(test)),
+    }
+    dataset_json["numTraining"] = record["num_training"]
+    if "test_sets" in dataset_json:
+        dataset_json["test_sets"] = {"imagesTs": len(test), **(dataset_json["test_sets"] or {})}
+    dataset_json[HOLD_OUT_KEY] = record
+    if splits is not None:
+        _write_json(folder / SPLITS_FILE, splits)
+    _write_json(folder / "dataset.json", dataset_json)
+    return record
+
+
+def _updated_official_splits(path: Path, test: set[str]) -> list | None:
+    """splits_official.json without the held-out cases (None if there is no such file); an error if a part empties."""
+    if not path.is_file():
+        return None
+    try:
+        splits = json.loads(path.read_text())
+        updated = [{part: [c for c in ids if c not in test] for part, ids in fold.items()} for fold in splits]
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise ConversionError(f"could not read {path} (a list of {{'train': [...], 'val': [...]}}): {error}") from error
+    for fold in updated:
+        for part, ids in fold.items():
+            if not ids:
+                raise ConversionError(f"the hold-out would leave the {part!r} part of {path} without cases")
+    return updated
+
+
+def _find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path:
+    if isinstance(dataset, (int, np.integer)) and not isinstance(dataset, bool):
+        root = _raw_root(raw_root)
+        found = _datasets_with_id(root, int(dataset))
+        if len(found) != 1:
+            what = ", ".join(str(p) for p in found) if found else "none"
+            raise ConversionError(f"expected one dataset with id {dataset} in {root}; found {what}")
+        return found[0]
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        raise ConversionError(f"dataset folder {folder} does not exist")
+    return folder
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def hold_out_test_set(
+    dataset: Path | str | int,
+    fraction: float,
+    seed: int = 0,
+    raw_root: Path | str | None = None,
+    verbose: bool = True,
+) -> Path:
+    """Holds out a seeded, stratified ``fraction`` of the training cases of an existing raw dataset as its test split.
+
+    ``dataset``: the dataset folder, or its id in ``raw_root`` (default: ``$nnUNet_raw``). Raises ``ConversionError``
+    (a ``ValueError``) on a fraction outside (0, 1), a hold-out that would leave fewer than 2 training cases or no
+    test case, a dataset that already has imagesTs/labelsTs or is already preprocessed (its preprocessed training
+    data would still hold the test cases), or a missing or inconsistent dataset; the dataset is then unchanged.
+    Returns the dataset folder.
+    """
+    fraction, seed = check_hold_out(fraction, seed)
+    folder = _find_dataset(dataset, raw_root).resolve()
+    preprocessed = os.environ.get("nnUNet_preprocessed")
+    if preprocessed and (Path(preprocessed) / folder.name).exists():
+        raise ConversionError(
+            f"{folder.name} is already preprocessed ({Path(preprocessed) / folder.name}): its preprocessed training "
+            "data would still contain the held-out cases; remove that folder first"
+        )
+    _, cases = _read_dataset(folder)
+    held_out_count(len(cases), fraction)  # the usual errors before anything is linked
+    work = Path(tempfile.mkdtemp(prefix=f".tmp_{folder.name}_holdout_", dir=folder.parent))
+    try:
+        new = work / folder.name
+        shutil.copytree(folder, new, copy_function=_link_or_copy)
+        record = hold_out_in_place(new, fraction, seed)
+        folder.rename(work / "original")
+        try:
+            new.rename(folder)
+        except OSError:
+            (work / "original").rename(folder)
+            raise
+    except (OSError, shutil.Error) as error:
+        raise ConversionError(f"could not hold out test cases of {folder}: {error}") from error
+    finally:
+        _remove(work)
+    if verbose:
+        print(format_record(folder, record))
+    return folder
+
+
+def format_record(folder: Path, record: dict) -> str:
+    """One line: how many cases went where."""
+    return (
+        f"held out {record['num_test']} of {record['num_training'] + record['num_test']} cases of {folder} as "
+        f"imagesTs/labelsTs (fraction {record['fraction']:g}, seed {record['seed']}; empty labels: "
+        f"{record['num_test_empty']} test, {record['num_training_empty']} training)"
+    )
