@@ -100,8 +100,8 @@ class RawCase:
 
 
 def read_case(model: TrainedModel, case: TestCase) -> RawCase:
-    """Read a case with the model's reader (plans.json) and check it: images and label of one shape, every label
-    value one of the dataset's labels."""
+    """Read a case with the model's reader (plans.json) and check it: an image that is not zero everywhere, images
+    and label of one shape, every label value one of the dataset's labels."""
     reader = model.plans_manager.image_reader_writer_class()
     try:
         images, properties = reader.read_images([str(p) for p in case.images])
@@ -109,6 +109,8 @@ def read_case(model: TrainedModel, case: TestCase) -> RawCase:
     except (OSError, RuntimeError, ValueError, AssertionError) as e:
         raise AuditError(f"case {case.name}: cannot read its image or label ({type(e).__name__}: {e})") from None
     spatial = tuple(images.shape[1:])
+    if not np.any(images):
+        raise AuditError(f"case {case.name}: the image is zero everywhere (nnU-Net crops images to the nonzero region)")
     if reference.shape not in (spatial, spatial[1:] if spatial[0] == 1 else spatial):
         raise AuditError(f"case {case.name}: label {case.label.name} has shape {reference.shape}, image {spatial}")
     allowed = {int(v) for v in model.label_manager.all_labels}

@@ -243,6 +243,10 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(bordered, tmp_path, ca
         ["omega-maps", str(fold), "-i", images, "-r", str(bad_value), "-o", str(out)],
         "label values [3] are not among the dataset's [0, 1]",
     )
+    blank = tmp_path / "blank"
+    shutil.copytree(raw / "imagesTs", blank)
+    Image.fromarray(np.zeros((80, 104), np.uint8)).save(blank / "test_002_0000.png")
+    _fails(capsys, ["omega-maps", str(fold), "-i", str(blank), "-r", labels, "-o", str(out)], "zero everywhere")
     assert [p.name for p in out.iterdir()] == ["keep.npy"]
     _fails(capsys, ["omega-maps", str(fold), *common[:4], "-o", str(out / "keep.npy")], "is not a folder")
 
