@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ CSV_COLUMNS = (
     "prediction_disagreement",
 )
 CASE_ROW = "all"  # the `region` value of a case's summary row
+PREPROCESSED_UNSET = (
+    "nnUNet_preprocessed is not set: the preprocessed training cases (audited, and giving omega's reference "
+    "direction) are read from there"
+)
 
 
 class AuditError(ValueError):
@@ -177,7 +181,7 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
     configuration = checkpoint["init_args"]["configuration"]
     configuration_manager = plans_manager.get_configuration(configuration)
     if len(configuration_manager.patch_size) != 2:
-        raise AuditError(f"the audit needs a 2d model; {fold_dir} is configuration {configuration!r}")
+        raise AuditError(f"omega needs a 2d model; {fold_dir} is configuration {configuration!r}")
     label_manager = plans_manager.get_label_manager(dataset_json)
     trainer_name = checkpoint.get("trainer_name", "nnUNetTrainer")
     network = _trainer_class(trainer_name).build_network_architecture(
@@ -222,7 +226,7 @@ def preprocessed_cases_folder(model: TrainedModel) -> Path:
     """nnUNet_preprocessed/<dataset>/<data identifier> of the model's configuration."""
     root = os.environ.get("nnUNet_preprocessed")
     if not root:
-        raise AuditError("nnUNet_preprocessed is not set: the audit reads the preprocessed training cases from there")
+        raise AuditError(PREPROCESSED_UNSET)
     folder = Path(root) / model.plans_manager.dataset_name / model.configuration_manager.data_identifier
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -230,6 +234,33 @@ def preprocessed_cases_folder(model: TrainedModel) -> Path:
             f"(nnUNetv2_preprocess -d ... -plans_name {model.plans_manager.plans_name} -c {model.configuration})"
         )
     return folder
+
+
+def open_model(
+    result_folder: str | os.PathLike,
+    fold: int | str | None = None,
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    needs_preprocessed: bool = True,
+) -> tuple[Path, TrainedModel]:
+    """The fold folder and the trained model; the folder, fold, checkpoint and (when `needs_preprocessed`)
+    nnUNet_preprocessed are checked, with a clear error each, before anything is loaded."""
+    fold_dir = resolve_fold_folder(result_folder, fold)
+    checkpoint_path = find_checkpoint(fold_dir, checkpoint)
+    if needs_preprocessed and not os.environ.get("nnUNet_preprocessed"):
+        raise AuditError(PREPROCESSED_UNSET)
+    return fold_dir, load_trained_model(fold_dir, checkpoint_path.name, device)
+
+
+def preprocessed_dataset(model: TrainedModel) -> tuple[Path, Any]:
+    """The folder of the model's preprocessed training cases and nnU-Net's dataset class reading it."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    folder = preprocessed_cases_folder(model)
+    try:
+        return folder, infer_dataset_class(str(folder))(str(folder))
+    except (AssertionError, KeyError) as e:
+        raise AuditError(f"cannot read the preprocessed cases in {folder}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -301,6 +332,7 @@ class ImageAudit:
     noisy_share: np.ndarray  # share of passes in which omega went down
     fuzzy: np.ndarray  # mean fuzzy mask M^f over passes
     prediction: np.ndarray  # the model's foreground (identity pass, unmasked image)
+    omega: np.ndarray  # mean omega* over passes (1 where a pass did not judge the pixel)
 
 
 def _fit_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -359,7 +391,8 @@ def audit_image(
     settings: AuditSettings,
     context: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> ImageAudit:
-    """omega over `settings.passes` passes on one preprocessed 2D image (C, H, W) with integer labels (H, W).
+    """omega over `settings.passes` passes on one preprocessed 2D image (C, H, W) with integer labels (H, W): the
+    noisy share, mean fuzzy mask and mean omega* per pixel (each pass's maps averaged over overlapping tiles).
 
     With `context` (other cases' images and labels; settings.reference == "others") the non-fuzzy step direction of
     Eq. 9 comes from their non-fuzzy regions; without it, from the image's own non-fuzzy region.
@@ -376,8 +409,7 @@ def audit_image(
     h, w = seg.shape
     patch = tuple(int(p) for p in model.configuration_manager.patch_size)
     batch_size = max(1, int(model.configuration_manager.batch_size))
-    noisy_sum = np.zeros((h, w), np.float64)
-    fuzzy_sum = np.zeros((h, w), np.float64)
+    sums = np.zeros((len(TileOmega._fields), h, w), np.float64)  # noisy, fuzzy, omega
     prediction = None
     for index, (rot, flip, offset) in enumerate(pass_transforms((h, w), settings.passes, model.split_patch_size)):
         reference = reference_batch(model, context, rot, flip)
@@ -391,8 +423,7 @@ def audit_image(
         valid = x.new_zeros((1, *canvas))
         xc[(slice(None), *inner)], yc[(slice(None), *inner)], valid[(slice(None), *inner)] = x, y, 1.0
         starts = [(a, b) for a in _tile_starts(canvas[0], patch[0]) for b in _tile_starts(canvas[1], patch[1])]
-        noisy_c = x.new_zeros((1, *canvas))
-        fuzzy_c = x.new_zeros((1, *canvas))
+        maps_c = x.new_zeros((len(TileOmega._fields), *canvas))
         logits_c = None
         count_c = x.new_zeros((1, *canvas))
         for chunk in range(0, len(starts), batch_size):
@@ -400,22 +431,21 @@ def audit_image(
             xb = torch.stack([xc[(slice(None), *t)] for t in tiles])
             yb = torch.stack([yc[(slice(None), *t)] for t in tiles])
             vb = torch.stack([valid[(slice(None), *t)] for t in tiles])
-            noisy, fuzzy = omega_noisy(model, forward, params, xb, loss_target(model, yb), vb, settings, reference)
+            tile = omega_noisy(model, forward, params, xb, loss_target(model, yb), vb, settings, reference)
+            maps = torch.cat(tile, 1)
             logits = None
             if index == 0:
                 with torch.no_grad():
                     logits = module(xb)
             for i, t in enumerate(tiles):
-                noisy_c[(slice(None), *t)] += noisy[i]
-                fuzzy_c[(slice(None), *t)] += fuzzy[i]
+                maps_c[(slice(None), *t)] += maps[i]
                 count_c[(slice(None), *t)] += 1
                 if logits is not None:
                     if logits_c is None:
                         logits_c = x.new_zeros((logits.shape[1], *canvas))
                     logits_c[(slice(None), *t)] += logits[i]
         count_c = count_c.clamp_min(1)
-        noisy_sum += _inverse_transform((noisy_c / count_c)[(0, *inner)], rot, flip).cpu().double().numpy()
-        fuzzy_sum += _inverse_transform((fuzzy_c / count_c)[(0, *inner)], rot, flip).cpu().double().numpy()
+        sums += _inverse_transform((maps_c / count_c)[(slice(None), *inner)], rot, flip).cpu().double().numpy()
         if logits_c is not None:
             logits = _inverse_transform((logits_c / count_c)[(slice(None), *inner)], rot, flip)
             if model.label_manager.has_regions:
@@ -423,13 +453,23 @@ def audit_image(
             else:
                 prediction = logits.argmax(0) > 0
             prediction = prediction.cpu().numpy()
-    return ImageAudit(noisy_sum / settings.passes, fuzzy_sum / settings.passes, prediction)
+    noisy, fuzzy, omega = sums / settings.passes
+    return ImageAudit(noisy, fuzzy, prediction, omega)
+
+
+class TileOmega(NamedTuple):
+    """Per-pixel results of one pass on a batch of tiles, each (B, 1, H, W)."""
+
+    noisy: torch.Tensor  # 1 where omega* < 1 (a judged pixel whose confidence went down), else 0
+    fuzzy: torch.Tensor  # the fuzzy mask M^f (0 on padding)
+    omega: torch.Tensor  # omega* (1 where M^f = 0: not judged)
 
 
 def omega_noisy(
     model: TrainedModel, forward, params, x, target, valid, settings: AuditSettings, reference: Reference | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy indicator (omega* < 1) and fuzzy mask M^f of a batch of tiles; padding is excluded from every weight.
+) -> TileOmega:
+    """Noisy indicator (omega* < 1), fuzzy mask M^f and omega* of a batch of tiles; padding is excluded from every
+    weight. omega* is 1 wherever M^f = 0, and everywhere when there is nothing to judge or no reference direction.
 
     The fuzzy loss is L(M^f * X; omega * M^f) of the tiles; the non-fuzzy loss L(M^n * X; M^n) is that of the
     `reference` batch, or of the tiles themselves when there is none.
@@ -441,7 +481,7 @@ def omega_noisy(
         nonfuzzy = split.nonfuzzy * valid
         reference = Reference(x=x * nonfuzzy, target=target, weight=nonfuzzy)
     if fuzzy.sum() == 0 or reference.weight.sum() == 0:  # nothing to judge, or no reference direction
-        return torch.zeros_like(fuzzy), fuzzy
+        return TileOmega(torch.zeros_like(fuzzy), fuzzy, torch.ones_like(fuzzy))
     loss = model.loss
 
     def fuzzy_loss(output, omega):
@@ -454,7 +494,9 @@ def omega_noisy(
         forward, params, x * fuzzy, reference.x, fuzzy_loss, nonfuzzy_loss, fuzzy.shape, settings.shadow_lr,
         cfg.lookahead_steps, cfg.omega_lr,
     )  # fmt: skip
-    return (confidence.noisy & (fuzzy > 0)).to(x.dtype), fuzzy
+    judged = fuzzy > 0
+    omega = torch.where(judged, confidence.omega.to(x.dtype), torch.ones_like(fuzzy))
+    return TileOmega((confidence.noisy & judged).to(x.dtype), fuzzy, omega)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -541,7 +583,7 @@ class CaseAudit:
     zone_flagged: np.ndarray  # (Z, H, W) bool: noisy share >= threshold inside the audit zone
 
 
-def _case_arrays(data: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def case_arrays(data: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A preprocessed case as float32 (C, Z, H, W) and int64 (Z, H, W) labels, nnU-Net's -1 (outside the
     normalisation mask) set to background as in training."""
     seg = np.asarray(seg)[0].astype(np.int64)
@@ -550,9 +592,38 @@ def _case_arrays(data: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def context_slice(model: TrainedModel, data: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A context case's slice with the most annotated foreground: image (C, H, W) and labels (H, W)."""
-    data, seg = _case_arrays(data, seg)
+    data, seg = case_arrays(data, seg)
     z = int(np.argmax(foreground(model, seg).reshape(seg.shape[0], -1).sum(1)))
     return data[:, z], seg[z]
+
+
+def context_identifiers(identifiers: Sequence[str], identifier: str, settings: AuditSettings) -> list[str]:
+    """The training cases whose non-fuzzy regions give the reference direction for `identifier`: the
+    `settings.context` cases after it in `identifiers` (wrapping round; the first ones for a case that is not in the
+    list, such as a test case), never the case itself; none with reference "self"."""
+    if settings.reference == "self":
+        return []
+    inside = identifier in identifiers
+    i = list(identifiers).index(identifier) if inside else -1
+    n = min(settings.context, len(identifiers) - inside)
+    return [identifiers[(i + k) % len(identifiers)] for k in range(1, n + 1)]
+
+
+class ContextSlices:
+    """The context slices (`context_slice`) of the preprocessed training cases in `dataset`, each loaded once."""
+
+    def __init__(self, model: TrainedModel, dataset: Any, settings: AuditSettings):
+        self.model, self.dataset, self.settings = model, dataset, settings
+        self.identifiers = list(dataset.identifiers)
+        self._slices: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, identifier: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        chosen = context_identifiers(self.identifiers, identifier, self.settings)
+        for other in chosen:
+            if other not in self._slices:
+                data, seg, _, _ = self.dataset.load_case(other)
+                self._slices[other] = context_slice(self.model, data[:], seg[:])
+        return [self._slices[o] for o in chosen]
 
 
 def audit_case(
@@ -565,7 +636,7 @@ def audit_case(
 ) -> CaseAudit:
     """Audit one preprocessed case: data (C, Z, H, W), seg (1, Z, H, W) — every slice through the 2D network —
     against the non-fuzzy regions of `context` slices (or its own, when empty)."""
-    data, seg = _case_arrays(data, seg)
+    data, seg = case_arrays(data, seg)
     results = [audit_image(model, data[:, z], seg[z], settings, context) for z in range(seg.shape[0])]
     noisy = np.stack([r.noisy_share for r in results])
     fuzzy = np.stack([r.fuzzy for r in results])
@@ -660,18 +731,8 @@ def audit(
     only after every case was audited (`top/` is replaced as a whole).
     """
     settings = settings or AuditSettings()
-    fold_dir = resolve_fold_folder(result_folder, fold)
-    checkpoint_path = find_checkpoint(fold_dir, checkpoint)  # clear errors before anything is loaded
-    if not os.environ.get("nnUNet_preprocessed"):
-        raise AuditError("nnUNet_preprocessed is not set: the audit reads the preprocessed training cases from there")
-    model = load_trained_model(fold_dir, checkpoint_path.name, device)
-    folder = preprocessed_cases_folder(model)
-    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-
-    try:
-        dataset = infer_dataset_class(str(folder))(str(folder))
-    except (AssertionError, KeyError) as e:
-        raise AuditError(f"cannot read the preprocessed cases in {folder}: {e}") from None
+    fold_dir, model = open_model(result_folder, fold, checkpoint, device)
+    folder, dataset = preprocessed_dataset(model)
     identifiers = list(dataset.identifiers)
     if cases is not None:
         missing = sorted(set(cases) - set(identifiers))
@@ -681,20 +742,7 @@ def audit(
     if not identifiers:
         raise AuditError(f"no preprocessed cases in {folder}")
 
-    everyone = list(dataset.identifiers)  # context cases come from the whole training set
-    slices: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def context_of(identifier: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        if settings.reference == "self" or len(everyone) < 2:
-            return []
-        i = everyone.index(identifier)
-        chosen = [everyone[(i + k) % len(everyone)] for k in range(1, min(settings.context, len(everyone) - 1) + 1)]
-        for other in chosen:
-            if other not in slices:
-                data, seg, _, _ = dataset.load_case(other)
-                slices[other] = context_slice(model, data[:], seg[:])
-        return [slices[o] for o in chosen]
-
+    context_of = ContextSlices(model, dataset, settings)  # context cases come from the whole training set
     audits = []
     for n, identifier in enumerate(identifiers, 1):
         data, seg, _, _ = dataset.load_case(identifier)

@@ -1,4 +1,5 @@
-"""The `nnunet-dale` command line: trainers-path, make-benchmark, evaluate, compare, convert, demo, audit."""
+"""The `nnunet-dale` command line: trainers-path, make-benchmark, evaluate, compare, convert, demo, audit,
+omega-maps."""
 
 from __future__ import annotations
 
@@ -131,21 +132,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from nnunet_dale.audit import AuditSettings, audit, audit_quality, clean_labels_folder
-    from nnunet_dale.evaluation import atomic_write, json_safe
+def _omega_settings(args: argparse.Namespace, **summary):
+    """The audit settings of the omega arguments (`_add_omega_arguments`) plus `summary` ones; sets --threads."""
+    from nnunet_dale.audit import AuditSettings
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    settings = AuditSettings(
-        passes=args.passes, shadow_lr=args.shadow_lr, band=args.band, threshold=args.threshold,
-        reference=args.reference, context=args.context, top=args.top,
-    )  # fmt: skip
+    return AuditSettings(
+        passes=args.passes, shadow_lr=args.shadow_lr, reference=args.reference, context=args.context, **summary
+    )
+
+
+def _progress(verb: str):
+    return lambda n, total, case: print(f"{verb} {n}/{total}: {case}", file=sys.stderr)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from nnunet_dale.audit import audit, audit_quality, clean_labels_folder
+    from nnunet_dale.evaluation import atomic_write, json_safe
+
+    settings = _omega_settings(args, band=args.band, threshold=args.threshold, top=args.top)
     csv_path = audit(
         args.result_folder, args.output, fold=args.fold, settings=settings, checkpoint=args.checkpoint,
-        device=args.device, progress=lambda n, total, case: print(f"audited {n}/{total}: {case}", file=sys.stderr),
+        device=args.device, progress=_progress("audited"),
     )  # fmt: skip
     print(f"wrote {csv_path}, audit.json and top/")
     raw = Path(args.raw) if args.raw else clean_labels_folder(csv_path.parent)
@@ -156,6 +167,33 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit quality against the clean labels in {raw}:")
         print(text)
     return 0
+
+
+def _cmd_omega_maps(args: argparse.Namespace) -> int:
+    from nnunet_dale.omega_maps import omega_maps
+
+    written = omega_maps(
+        args.result_folder, args.images, args.labels, args.output, fold=args.fold, settings=_omega_settings(args),
+        cases=args.cases, checkpoint=args.checkpoint, device=args.device, progress=_progress("omega map"),
+    )  # fmt: skip
+    print(f"wrote {len(written)} omega maps to {args.output} (nnunet-dale compare ... --omega {args.output})")
+    return 0
+
+
+def _add_omega_arguments(p: argparse.ArgumentParser) -> None:
+    """The model and omega arguments shared by `audit` and `omega-maps`."""
+    p.add_argument("result_folder", help=".../<Trainer>__<plans>__2d/fold_X (or its parent with -f)")
+    p.add_argument("-f", "--fold", help="fold, when RESULT_FOLDER is the parent of fold_X")
+    p.add_argument("--passes", type=int, default=8, help="flip/rotation passes averaged per pixel (default 8)")
+    p.add_argument("--shadow-lr", type=float, default=1e-2, help="learning rate of the shadow step (default 1e-2)")
+    p.add_argument(
+        "--reference", choices=("others", "self"), default="others",
+        help="non-fuzzy direction from (other) training cases (default) or from the case itself",
+    )  # fmt: skip
+    p.add_argument("--context", type=int, default=4, help="training cases in the reference (default 4)")
+    p.add_argument("--checkpoint", help="checkpoint file name (default: checkpoint_final.pth, else _best)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,24 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("audit", help="rank the training labels of a trained 2d model by DALE's omega (docs/audit.md)")
-    p.add_argument("result_folder", help=".../<Trainer>__<plans>__2d/fold_X (or its parent with -f)")
-    p.add_argument("-f", "--fold", help="fold, when RESULT_FOLDER is the parent of fold_X")
+    _add_omega_arguments(p)
     p.add_argument("-o", "--output", help="output folder (default: RESULT_FOLDER's fold folder/label_audit)")
-    p.add_argument("--passes", type=int, default=8, help="flip/rotation passes averaged per pixel (default 8)")
     p.add_argument("--top", type=int, default=10, help="overlay PNGs of the K top-scored cases (default 10)")
     p.add_argument("--band", type=int, default=3, help="half-width of the boundary band in pixels (default 3)")
     p.add_argument("--threshold", type=float, default=0.5, help="noisy share that flags a pixel (default 0.5)")
-    p.add_argument("--shadow-lr", type=float, default=1e-2, help="learning rate of the shadow step (default 1e-2)")
-    p.add_argument(
-        "--reference", choices=("others", "self"), default="others",
-        help="non-fuzzy direction from other training cases (default) or from the audited case itself",
-    )  # fmt: skip
-    p.add_argument("--context", type=int, default=4, help="other cases in the reference (default 4)")
-    p.add_argument("--checkpoint", help="checkpoint file name (default: checkpoint_final.pth, else _best)")
     p.add_argument("--raw", help="raw dataset folder with labelsTr_clean/ or cases.json, to measure the audit")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("omega-maps", help="per-pixel omega of test cases against their labels, for compare --omega")
+    _add_omega_arguments(p)
+    p.add_argument("-i", "--images", required=True, help="raw test images CASE_0000<ending>, ...")
+    p.add_argument("-r", "--labels", required=True, help="reference labels CASE<ending>")
+    p.add_argument("-o", "--output", required=True, help="folder for the maps <case>.npy")
+    p.add_argument("--cases", nargs="+", help="only these cases (default: every image in --images)")
+    p.set_defaults(func=_cmd_omega_maps)
     return parser
 
 

@@ -92,6 +92,27 @@ def copy_batch(batch):
     return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
 
 
+def train_result_folder(cls, dataset_id: int, steps: int, results: Path, seed: int = 0) -> Path:
+    """A trainer of class `cls` trained for `steps` iterations on the CPU and saved as nnU-Net saves a result, under
+    `results`: `<Trainer>__<plans>__2d/plans.json`, `dataset.json` and `fold_0/checkpoint_final.pth`. Returns the
+    fold folder."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    trainer = build(cls, dataset_id)
+    loader = single_process_loader(trainer)
+    trainer.network.train()
+    for _ in range(steps):
+        trainer.train_step(next(loader))
+    fold_dir = Path(results) / Path(trainer.output_folder_base).name / "fold_0"
+    fold_dir.mkdir(parents=True)
+    save_json(trainer.plans_manager.plans, str(fold_dir.parent / "plans.json"), sort_keys=False)
+    save_json(trainer.dataset_json, str(fold_dir.parent / "dataset.json"), sort_keys=False)
+    trainer.save_checkpoint(str(fold_dir / "checkpoint_final.pth"))
+    return fold_dir
+
+
 BIN = Path(sys.executable).parent
 
 

@@ -29,6 +29,7 @@ from nnunet_dale.audit import (
     auroc,
     boundary_band,
     case_corruption,
+    context_identifiers,
     pass_transforms,
     rank_rows,
     region_statistics,
@@ -135,6 +136,17 @@ def test_rows_are_ranked_by_case_score_with_regions_under_their_case():
         (3, "c", 1),
     ]
     assert all(r["case_score"] == {"a": 0.2, "b": 0.5, "c": 0.2}[r["case"]] for r in rows)
+
+
+def test_context_cases_follow_the_audited_case_and_a_test_case_gets_the_first_ones():
+    names = ["a", "b", "c", "d", "e"]
+    settings = AuditSettings(context=3)
+    assert context_identifiers(names, "d", settings) == ["e", "a", "b"]  # the next ones, wrapping round
+    assert context_identifiers(names, "x", settings) == ["a", "b", "c"]  # not a training case: the first ones
+    assert context_identifiers(names, "b", AuditSettings(context=9)) == ["c", "d", "e", "a"]  # never itself
+    assert context_identifiers(names[:4], "x", AuditSettings(context=9)) == names[:4]
+    assert context_identifiers(["a"], "a", settings) == [] and context_identifiers([], "x", settings) == []
+    assert context_identifiers(names, "d", AuditSettings(reference="self")) == []
 
 
 # ---------------------------------------------------------------------------------------------- quality measures
