@@ -50,7 +50,7 @@ def main() -> None:
             runs[method].append(demo.train_predict_evaluate(trainer, fold))
         results = demo.out / "nnUNet_results" / demo.dataset.name
         speed.append((fold, time_to_accuracy(results, settings.baseline, settings.dale, fold)))
-    table = demo.compare(runs)
+    table = demo.compare(runs, omega_fold=args.folds[0])
     hours = (time.perf_counter() - start) / 3600
     print(table)
 

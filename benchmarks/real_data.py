@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
     for fold in args.folds:
         for method, trainer in zip(runs, bench.trainers):
             runs[method].append(bench.train_predict_evaluate(trainer, fold))
-    table = bench.compare(runs)
+    table = bench.compare(runs, omega_fold=args.folds[0])
     hours = (time.perf_counter() - start) / 3600
     print(table, flush=True)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch.utils._pytree import tree_flatten, tree_map
 
 Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], Any]
@@ -54,11 +55,19 @@ def shadow_parameters(
 def output_tangent(
     forward: Forward, params: Mapping[str, torch.Tensor], x: torch.Tensor, direction: Mapping[str, torch.Tensor]
 ) -> Any:
-    """J_theta z . v: the change of the outputs z = forward(params, x) along `direction`, by one forward-mode JVP."""
-    names = list(params)
-    primals = tuple(params[n].detach() for n in names)
-    tangents = tuple(direction[n] for n in names)
-    return torch.func.jvp(lambda *p: forward(dict(zip(names, p)), x), primals, tangents)[1]
+    """J_theta z . v: the change of the outputs z = forward(params, x) along `direction`, by one forward-mode pass.
+
+    Dual tensors (torch.autograd.forward_ad) without a backward graph: the same JVP as torch.func.jvp, measured
+    about a fifth cheaper on nnU-Net's 2d network on the CPU (docs/performance.md).
+    """
+    with torch.no_grad(), fwAD.dual_level():
+        dual = {n: fwAD.make_dual(p.detach(), direction[n]) for n, p in params.items()}
+        outputs = forward(dual, x)
+        return tree_map(lambda z: _tangent_or_zeros(*fwAD.unpack_dual(z)), outputs)
+
+
+def _tangent_or_zeros(primal: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
+    return torch.zeros_like(primal) if tangent is None else tangent
 
 
 def output_difference(

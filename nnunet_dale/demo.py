@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from unittest import mock
 
 from nnunet_dale import trainers_path
 from nnunet_dale.benchmark_data import make_benchmark
@@ -105,12 +106,36 @@ class Demo:
         self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
         return self._evaluate(pred)
 
-    def compare(self, runs: dict[str, list[Path]], out: Path | None = None) -> str:
-        """Step 6: the comparison table (returned) and comparison.md/.json/.png in `out` (default: comparison/)."""
+    def compare(self, runs: dict[str, list[Path]], out: Path | None = None, omega_fold: int | None = None) -> str:
+        """Step 6: the comparison table (returned) and comparison.md/.json/.png in `out` (default: comparison/). The
+        figure's ω column shows DALE's ω maps (`omega_maps`, the model of fold `omega_fold`, default the settings'
+        fold) on the example cases the figure picked; without them the figure has no ω column."""
         from nnunet_dale.compare import compare, format_table
 
-        result = compare(runs, out or self.out / "comparison", images_dir=self.dataset / "imagesTs")
+        out, images = out or self.out / "comparison", self.dataset / "imagesTs"
+        result = compare(runs, out, images_dir=images)
+        omega_dir = self._omega_maps(result["figure"]["examples"], self.s.fold if omega_fold is None else omega_fold)
+        if omega_dir is not None:
+            result = compare(runs, out, images_dir=images, omega_dir=omega_dir)
         return format_table(result)
+
+    def _omega_maps(self, cases: list[str], fold: int) -> Path | None:
+        """DALE's per-pixel mean ω on `cases` (reused when already there); None, with a note, if it fails."""
+        from nnunet_dale.omega_maps import omega_maps
+
+        out = self.out / "omega" / f"{self.s.dale}_fold{fold}"
+        if all((out / f"{case}.npy").is_file() for case in cases):
+            return out
+        self._say(f"   ω maps of {self.s.dale} (fold {fold}) on the figure's {len(cases)} example cases")
+        folders = {k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        try:
+            with mock.patch.dict(os.environ, folders):  # the audit reads the preprocessed training cases from there
+                omega_maps(self._result_folder(self.s.dale, fold), self.dataset / "imagesTs",
+                           self.dataset / "labelsTs", out, cases=cases)  # fmt: skip
+        except (OSError, ValueError, RuntimeError) as error:  # the figure loses its ω column, not the table
+            self._say(f"   no ω column in the figure: {type(error).__name__}: {error}")
+            return None
+        return out
 
     def _train(self, trainer: str, fold: int) -> None:
         folder = self._result_folder(trainer, fold)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +30,16 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
         assert math.isfinite(summary["mean"]["1"]["Dice"])
     assert "| Dice" in first.stdout and f"Everything is in {out}" in first.stdout
     assert set(comparison["methods"]) >= {"nnU-Net", "DALE"}
+    # the figure's ω column: DALE's maps of exactly the example cases, in the reference labels' geometry
+    assert comparison["figure"]["columns"][-1] == "ω" and not comparison["figure"]["notes"]
+    maps = {f.stem: np.load(f) for f in (out / "omega" / "nnUNetTrainerDALE_quick_fold0").glob("*.npy")}
+    assert sorted(maps) == sorted(comparison["figure"]["examples"])
+    for case, omega in maps.items():
+        label = np.asarray(Image.open(out / "nnUNet_raw" / "Dataset990_DALEBench" / "labelsTs" / f"{case}.png"))
+        assert omega.shape[-2:] == label.shape and 0.9 - 1e-6 <= omega.min() <= omega.max() <= 1.1 + 1e-6
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0, second.stdout[-3000:]
     assert second.stdout.count("reusing") >= 4  # planning, both trainings, both predictions
+    assert "ω maps of" not in second.stdout  # the maps are reused too
     assert "Epoch 0" not in second.stdout
