@@ -750,8 +750,39 @@ def _datasets_with_id(folder: Path, dataset_id: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix))
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a folder tree, ignoring what is already gone."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def swap_into_place(new: Path, target: Path, old: Sequence[Path], work: Path) -> None:
+    """Rename `new` to `target`, replacing the folders `old`: they are moved into `work` as `replaced_<i>` first and
+    put back if the rename fails. If putting one back fails too, the error names where it was left."""
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for i, folder in enumerate(old):
+            aside = work / f"replaced_{i}"
+            folder.rename(aside)
+            moved.append((aside, folder))
+        new.rename(target)
+    except BaseException:
+        for aside, folder in reversed(moved):
+            try:
+                aside.rename(folder)
+            except OSError as error:
+                message = f"{folder} could not be put back after a failed write; it is in {aside}"
+                raise ConversionError(message) from error
+        raise
+
+
+def discard_work(work: Path) -> None:
+    """After a failure: delete the temporary folder `work`, except originals a failed swap left in it (`replaced_*`)."""
+    kept = [child for child in work.iterdir() if child.name.startswith("replaced_")] if work.is_dir() else []
+    for child in work.iterdir() if work.is_dir() else ():
+        if child not in kept:
+            remove(child)
+    if not kept:
+        remove(work)
 
 
 def _print_summary(target: Path, counts: dict[str, int], converted: int, notes: list[str]) -> None:
@@ -817,7 +848,7 @@ def convert(
         tree = SourceTree(source, work / "extracted")
         collected = converter.collect(tree)
         if hold_out is not None:  # the hold-out's errors before anything is written
-            if "Ts" in collected.splits:
+            if any(key == "Ts" or key.startswith("Ts_") for key in collected.splits):
                 raise holdout.existing_test_split(f"{name} source {source}")
             holdout.held_out_count(len(collected.splits.get("Tr", [])), hold_out)
         out = work / folder_name
@@ -826,7 +857,7 @@ def convert(
         for key, cases in collected.splits.items():
             counts[key], n_converted = _write_split(cases, out, key, converter.grey, max_size, verbose)
             converted += n_converted
-        _remove(work / "extracted")
+        remove(work / "extracted")
         _write_dataset_json(out, converter, folder_name, counts, max_size, source)
         if collected.official_split is not None:
             (out / SPLITS_FILE).write_text(json.dumps([collected.official_split], indent=1))
@@ -834,18 +865,11 @@ def convert(
             record = holdout.hold_out_in_place(out, hold_out, hold_out_seed)
             counts.update(Tr=record["num_training"], Ts=record["num_test"])
             collected.notes.append(holdout.format_record(target, record))
-        replaced = []
-        for i, old in enumerate(existing):
-            old.rename(work / f"replaced_{i}")
-            replaced.append((work / f"replaced_{i}", old))
-        try:
-            out.rename(target)
-        except OSError:
-            for moved, old in replaced:
-                moved.rename(old)
-            raise
-    finally:
-        _remove(work)
+        swap_into_place(out, target, existing, work)
+    except BaseException:
+        discard_work(work)
+        raise
+    remove(work)  # with the replaced datasets (overwrite)
     if verbose:
         _print_summary(target, counts, converted, collected.notes)
     return target
@@ -938,12 +962,14 @@ def add_test_set(
         except OSError:
             for old, new in reversed(moved):
                 if old is None:
-                    _remove(new)
+                    remove(new)
                 else:
-                    old.rename(new)
+                    old.rename(new)  # should this fail, discard_work keeps the original in work/replaced_<i>
             raise
-    finally:
-        _remove(work)
+    except BaseException:
+        discard_work(work)
+        raise
+    remove(work)  # with the replaced test set (overwrite)
     if verbose:
         _print_summary(target, {key: n}, converted, [])
     return target

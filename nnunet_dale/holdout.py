@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_dale.converters import SPLITS_FILE, ConversionError, _datasets_with_id, _raw_root, _remove
+from nnunet_dale.converters import (
+    SPLITS_FILE,
+    ConversionError,
+    _datasets_with_id,
+    _raw_root,
+    discard_work,
+    remove,
+    swap_into_place,
+)
 
 HOLD_OUT_KEY = "hold_out"  # the record in dataset.json
 TEST_SPLIT = ("imagesTs", "labelsTs")
@@ -72,7 +80,8 @@ def choose_test_cases(cases: Sequence[str], empty: Collection[str], fraction: fl
 def existing_test_split(folder: Path | str) -> ConversionError:
     """The error for a dataset (or source) that already has a test split."""
     return ConversionError(
-        f"{folder} already has a test split (imagesTs/labelsTs): a hold-out is only for datasets without one"
+        f"{folder} already has a test split (imagesTs/labelsTs or imagesTs_<set>): a hold-out is only for datasets "
+        "without one"
     )
 
 
@@ -110,7 +119,7 @@ def _read_dataset(folder: Path) -> tuple[dict, dict[str, list[Path]]]:
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
     if not isinstance(ending, str) or not isinstance(channels, dict):
         raise ConversionError(f"{json_file} lacks file_ending or channel_names")
-    if any((folder / d).exists() for d in TEST_SPLIT):
+    if any(d.name.startswith(TEST_SPLIT) for d in folder.iterdir()):  # imagesTs, or extra sets imagesTs_<name>
         raise existing_test_split(folder)
     images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
     for d in (images_dir, labels_dir):
@@ -194,7 +203,7 @@ def hold_out_in_place(folder: Path, fraction: float, seed: int = 0) -> dict:
     }
     dataset_json["numTraining"] = record["num_training"]
     if "test_sets" in dataset_json:
-        dataset_json["test_sets"] = {"imagesTs": len(test), **(dataset_json["test_sets"] or {})}
+        dataset_json["test_sets"] = {**(dataset_json["test_sets"] or {}), "imagesTs": len(test)}
     dataset_json[HOLD_OUT_KEY] = record
     if splits is not None:
         _write_json(folder / SPLITS_FILE, splits)
@@ -269,16 +278,13 @@ def hold_out_test_set(
         new = work / folder.name
         shutil.copytree(folder, new, copy_function=_link_or_copy)
         record = hold_out_in_place(new, fraction, seed)
-        folder.rename(work / "original")
-        try:
-            new.rename(folder)
-        except OSError:
-            (work / "original").rename(folder)
-            raise
-    except (OSError, shutil.Error) as error:
-        raise ConversionError(f"could not hold out test cases of {folder}: {error}") from error
-    finally:
-        _remove(work)
+        swap_into_place(new, folder, [folder], work)
+    except BaseException as error:
+        discard_work(work)  # keeps the original dataset if a failed swap could not put it back
+        if isinstance(error, (OSError, shutil.Error)):
+            raise ConversionError(f"could not hold out test cases of {folder}: {error}") from error
+        raise
+    remove(work)
     if verbose:
         print(format_record(folder, record))
     return folder

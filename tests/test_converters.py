@@ -20,6 +20,7 @@ from nnunet_dale.converters import (
     read_mask,
     target_size,
 )
+from nnunet_dale.holdout import hold_out_test_set
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ISIC2017_SUBSET = SHARED_DATA / "ISIC2017_val_subset"
@@ -298,6 +299,13 @@ def test_polyp_pranet_split_with_two_test_sets(tmp_path):
     dataset_json = json.loads((out / "dataset.json").read_text())
     assert dataset_json["test_sets"] == {"imagesTs_CVC-300": 2, "imagesTs_Kvasir": 2}
     assert dataset_json["max_size"] == 16
+    # the paper's split has official test sets: a hold-out is refused, at conversion and afterwards, writing nothing
+    before = sorted(str(p) for p in (tmp_path / "raw").rglob("*"))
+    with pytest.raises(ConversionError, match="already has a test split"):
+        convert("polyp", src, 32, raw_root=tmp_path / "raw", max_size=16, verbose=False, hold_out=0.3)
+    with pytest.raises(ConversionError, match="already has a test split"):
+        hold_out_test_set(out, 0.3, verbose=False)
+    assert sorted(str(p) for p in (tmp_path / "raw").rglob("*")) == before
 
 
 def test_mosmed_lvit_layout_grey_and_official_split(tmp_path):

@@ -222,6 +222,25 @@ def test_failure_while_writing_leaves_the_dataset_unchanged(isic_raw, tmp_path, 
     assert snapshot(tmp_path) == before
 
 
+def test_a_failed_swap_that_cannot_put_the_original_back_keeps_it_and_says_where(isic_raw, tmp_path, monkeypatch):
+    folder = copy_dataset(isic_raw, tmp_path)
+    before = snapshot(folder)
+    real_rename = Path.rename
+
+    def rename(self, target):  # moving the original aside works; the new folder's rename and the way back fail
+        if Path(self).name.startswith("replaced_") or Path(target) == folder and "replaced_" not in str(self):
+            raise OSError(5, "Input/output error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ConversionError, match="could not be put back after a failed write; it is in (.*)") as error:
+        hold_out_test_set(folder, 0.3, verbose=False)
+    monkeypatch.undo()
+    kept = Path(str(error.value).rsplit("it is in ", 1)[1])
+    assert kept.name == "replaced_0" and snapshot(kept) == before  # every byte of the original survives there
+    assert not folder.exists() and [p.name for p in kept.parent.iterdir()] == ["replaced_0"]  # the rest is cleaned
+
+
 def test_inconsistent_dataset_is_named(isic_raw, tmp_path):
     folder = copy_dataset(isic_raw, tmp_path)
     label = next((folder / "labelsTr").glob("*.png"))
