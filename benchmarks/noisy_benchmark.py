@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
     args = parser.parse_args()
     from report import provenance, write_section
-    from time_to_accuracy import format_row, time_to_accuracy
+    from time_to_accuracy import TABLE_HEADER, format_row, time_to_accuracy
 
     settings = DemoSettings(
         dataset_id=992, num_train=args.train, num_test=args.test, seed=args.seed,
@@ -70,8 +70,7 @@ def main() -> None:
         "Time to accuracy (wall time at which DALE's validation pseudo-Dice, nnU-Net's EMA, first reaches the default "
         "trainer's final one; ratio < 1 means DALE got there sooner):",
         "",
-        "| fold | default final EMA Dice | default run, s (epochs) | DALE to reach it, s (epochs) | ratio |",
-        "|---|---|---|---|---|",
+        TABLE_HEADER,
         *[format_row(fold, r) for fold, r in speed],
         "",
         "![per-case comparison and examples](figures/results-benchmark.png)",

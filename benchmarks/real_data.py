@@ -100,7 +100,7 @@ class RealDataBenchmark(RawDatasetDemo):
         """The data paragraph of the results section: source, case counts, image sizes, hold-out."""
         d = self.data
         record = json.loads((self.dataset / "dataset.json").read_text())["hold_out"]
-        sizes = [Image.open(p).size for split in ("imagesTr", "imagesTs") for p in (self.dataset / split).iterdir()]
+        sizes = [image_size(p) for split in ("imagesTr", "imagesTs") for p in (self.dataset / split).iterdir()]
         width, height = (f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}" for v in zip(*sizes))
         total = record["num_training"] + record["num_test"]
         return (
@@ -111,6 +111,11 @@ class RealDataBenchmark(RawDatasetDemo):
             f"({record['num_training_empty']} with an empty mask), {record['num_test']} test cases "
             f"({record['num_test_empty']} empty), evaluated against their reference annotations"
         )
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
 
 
 def schedule(baseline: str, dale: str) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from nnunet_dale.evaluation import atomic_write
+
 
 def provenance(command: str, hours: float) -> str:
     """`command` — date, machine, torch threads, torch version, total hours (the start of a results paragraph)."""
@@ -31,4 +33,4 @@ def write_section(path: Path, key: str, text: str) -> None:
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
+    atomic_write(path, lambda f: f.write(new))

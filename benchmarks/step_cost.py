@@ -116,6 +116,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
         _adam_on_omega,
         confidence_hypergradient,
         fast_confidence,
+        functional_forward,
         learn_confidence,
         output_tangent,
         shadow_parameters,
@@ -143,9 +144,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
         fast = shipped(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
         module = unwrap(trainer.network)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-
-        def forward(parameters, x):
-            return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
+        forward = functional_forward(module)
 
         lr, shape = trainer.optimizer.param_groups[0]["lr"], split.fuzzy.shape
         exact = learn_confidence(
@@ -286,7 +285,10 @@ def main() -> None:
         print("\n| trainer | step's peak above its start, MB | tensors at the peak, MB | whole process, MB |")
         print("|---|---|---|---|")
         for which, m in memory.items():
-            cells = [f"{m[k]:.0f} ({m[k] / memory['default'][k]:.2f}x)" for k in ("step_mb", "tensor_mb", "peak_mb")]
+            cells = [
+                f"{m[k]:.0f} ({m[k] / max(memory['default'][k], 1e-9):.2f}x)"
+                for k in ("step_mb", "tensor_mb", "peak_mb")
+            ]
             print(f"| {which} | {' | '.join(cells)} |")
     print("\n| omega direction agreement with exact mode, fuzzy voxels | share |")
     print("|---|---|")
@@ -296,7 +298,7 @@ def main() -> None:
     print(f"| fast, fully fuzzy voxels (M^f = 1) only | {agreement['fast_fully_fuzzy']:.1%} |")
     cos = agreement["cos_stale_v"], agreement["cos_fresh_v"]
     print(f"\nmedian cosine to the exact v = grad L_n(theta_p): stale v {cos[0]:.3f}, fresh v {cos[1]:.3f}")
-    mem_ratio = f"{memory['exact']['tensor_mb'] / memory['default']['tensor_mb']:.2f}" if memory else "n/a"
+    mem_ratio = f"{memory['exact']['tensor_mb'] / max(memory['default']['tensor_mb'], 1e-9):.2f}" if memory else "n/a"
     split_share = phase_ms["exact"]["split"] / sum(phase_ms["exact"].values())
     print(
         f"\nratio_exact={med['exact'] / med['default']:.2f} ratio_fast={med['fast'] / med['default']:.2f} "

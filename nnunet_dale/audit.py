@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from nnunet_dale.confidence import learn_confidence
+from nnunet_dale.confidence import functional_forward, learn_confidence
 from nnunet_dale.config import DALEConfig, resolve_patch_size
 from nnunet_dale.evaluation import atomic_write, dice, json_safe
 from nnunet_dale.split import fuzzy_split
@@ -333,6 +333,7 @@ class ImageAudit:
     fuzzy: np.ndarray  # mean fuzzy mask M^f over passes
     prediction: np.ndarray  # the model's foreground (identity pass, unmasked image)
     omega: np.ndarray  # mean omega* over passes (1 where a pass did not judge the pixel)
+    evidence: np.ndarray  # mean `TileOmega.evidence` over passes (> 0: the reliable data pushes against the label)
 
 
 def _fit_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -400,9 +401,7 @@ def audit_image(
     device = next(model.network.parameters()).device
     module = model.network
     params = {n: p for n, p in module.named_parameters()}
-
-    def forward(parameters, x):  # see nnUNetTrainerDALE._confidence for tie_weights=False
-        return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
+    forward = functional_forward(module)
 
     x_full = torch.as_tensor(np.asarray(image, dtype=np.float32), device=device)
     seg_full = torch.as_tensor(np.asarray(seg, dtype=np.int64), device=device)[None]
@@ -453,8 +452,8 @@ def audit_image(
             else:
                 prediction = logits.argmax(0) > 0
             prediction = prediction.cpu().numpy()
-    noisy, fuzzy, omega = sums / settings.passes
-    return ImageAudit(noisy, fuzzy, prediction, omega)
+    noisy, fuzzy, omega, evidence = sums / settings.passes
+    return ImageAudit(noisy, fuzzy, prediction, omega, evidence)
 
 
 class TileOmega(NamedTuple):
@@ -463,6 +462,7 @@ class TileOmega(NamedTuple):
     noisy: torch.Tensor  # 1 where omega* < 1 (a judged pixel whose confidence went down), else 0
     fuzzy: torch.Tensor  # the fuzzy mask M^f (0 on padding)
     omega: torch.Tensor  # omega* (1 where M^f = 0: not judged)
+    evidence: torch.Tensor  # the hypergradient per unit weight: h_k * sum(M^f) / (eta * M^f_k) (0 where not judged)
 
 
 def omega_noisy(
@@ -481,7 +481,7 @@ def omega_noisy(
         nonfuzzy = split.nonfuzzy * valid
         reference = Reference(x=x * nonfuzzy, target=target, weight=nonfuzzy)
     if fuzzy.sum() == 0 or reference.weight.sum() == 0:  # nothing to judge, or no reference direction
-        return TileOmega(torch.zeros_like(fuzzy), fuzzy, torch.ones_like(fuzzy))
+        return TileOmega(torch.zeros_like(fuzzy), fuzzy, torch.ones_like(fuzzy), torch.zeros_like(fuzzy))
     loss = model.loss
 
     def fuzzy_loss(output, omega):
@@ -496,7 +496,11 @@ def omega_noisy(
     )  # fmt: skip
     judged = fuzzy > 0
     omega = torch.where(judged, confidence.omega.to(x.dtype), torch.ones_like(fuzzy))
-    return TileOmega((confidence.noisy & judged).to(x.dtype), fuzzy, omega)
+    # Eq. 11 for the CE part: h_k = -eta * M_k / sum(M) * <grad l_k, v>; undoing the weights leaves the rate at which
+    # a step on the reliable (reference) data raises pixel k's own loss: comparable across pixels, tiles and cases
+    scale = fuzzy.sum() / (settings.shadow_lr * torch.where(judged, fuzzy, torch.ones_like(fuzzy)))
+    evidence = torch.where(judged, confidence.hypergradient.to(x.dtype) * scale, torch.zeros_like(fuzzy))
+    return TileOmega((confidence.noisy & judged).to(x.dtype), fuzzy, omega, evidence)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -104,6 +104,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_dale.converters import add_test_set, convert
 
     raw = Path(args.raw) if args.raw else None  # None: $nnUNet_raw
+    if args.hold_out_seed is not None and args.hold_out is None:
+        raise ValueError("--hold-out-seed only goes with --hold-out")
     if args.add_test_set and args.hold_out is not None:
         raise ValueError("--hold-out splits a converted dataset's training cases; it cannot go with --add-test-set")
     if args.add_test_set:
@@ -114,7 +116,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         folder = convert(
             args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, dataset_name=args.name,
-            overwrite=args.overwrite, hold_out=args.hold_out, hold_out_seed=args.hold_out_seed,
+            overwrite=args.overwrite, hold_out=args.hold_out,
+            hold_out_seed=args.hold_out_seed or 0,
         )  # fmt: skip
     print(folder)
     return 0
@@ -259,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold-out", type=float, metavar="F",
         help="move this fraction of the training cases to imagesTs/labelsTs (datasets without a test split)",
     )  # fmt: skip
-    p.add_argument("--hold-out-seed", type=int, default=0, help="seed of the hold-out's random choice (default 0)")
+    p.add_argument("--hold-out-seed", type=int, help="seed of the hold-out's random choice (default 0)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 20 min on 2 cores)")

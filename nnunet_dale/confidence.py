@@ -26,10 +26,12 @@ OutputLoss = Callable[..., torch.Tensor]
 
 @dataclass
 class Confidence:
-    """omega* (detached, shape of the voxel weights) and its change from omega_0 = 1 (> 0 clean, < 0 noisy)."""
+    """omega* (detached, shape of the voxel weights), its change from omega_0 = 1 (> 0 clean, < 0 noisy) and the
+    hypergradient of Eq. 11 at omega_0 (its sign is the update's opposite; Adam's first step drops its size)."""
 
     omega: torch.Tensor
     update: torch.Tensor
+    hypergradient: torch.Tensor | None = None
 
     @property
     def clean(self) -> torch.Tensor:
@@ -39,6 +41,19 @@ class Confidence:
     @property
     def noisy(self) -> torch.Tensor:
         return self.update < 0
+
+
+def functional_forward(module: torch.nn.Module) -> Forward:
+    """forward(params, x): `module` evaluated with other parameters (the shadow network of Eq. 8), by
+    torch.func.functional_call with tie_weights=False. nnU-Net's conv blocks register each layer twice (`conv` and
+    `all_modules.0`); with tie_weights=True, functional_call swaps such a parameter twice and restores the wrong
+    tensor, detaching the module's parameters from the optimiser. Swapping each parameter once reaches both names,
+    as they share one module."""
+
+    def forward(parameters: Mapping[str, torch.Tensor], x: torch.Tensor) -> Any:
+        return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
+
+    return forward
 
 
 def shadow_parameters(
@@ -107,11 +122,13 @@ def _adam_on_omega(shape, like: torch.Tensor, lr: float, steps: int, hypergradie
     dtype = torch.promote_types(like.dtype, torch.float32)
     omega = torch.ones(shape, device=like.device, dtype=dtype, requires_grad=True)
     optimiser = torch.optim.Adam([omega], lr=lr)
+    first = None
     for _ in range(steps):
         omega.grad = hypergradient(omega.detach())
+        first = omega.grad if first is None else first
         optimiser.step()
     omega = omega.detach()
-    return Confidence(omega=omega, update=omega - 1.0)
+    return Confidence(omega=omega, update=omega - 1.0, hypergradient=first)
 
 
 def learn_confidence(
@@ -161,8 +178,9 @@ def fast_confidence(
     step: float = 0.01,
 ) -> Confidence:
     """Fast mode (a documented approximation of Eq. 8-11): v = grad L_n(theta_p) is replaced by the non-fuzzy step's
-    own gradient (first order in the learning rate), and J z . v by a forward finite difference. No shadow step,
-    no second non-fuzzy pass, no JVP: one extra forward without graph (two when `fuzzy_outputs` is None)."""
+    own gradient at theta_{t-1} (first order in the step to theta_p, which momentum makes large: docs/performance.md
+    measures how often omega's direction agrees), and J z . v by a forward finite difference. No shadow step, no
+    second non-fuzzy pass, no JVP: one extra forward without graph (two when `fuzzy_outputs` is None)."""
     if fuzzy_outputs is None:
         with torch.no_grad():
             fuzzy_outputs = forward(params, x_fuzzy)

@@ -30,7 +30,7 @@ from nnunet_dale.alignment import (
     fuzzy_objective,
     resize_to,
 )
-from nnunet_dale.confidence import Confidence, fast_confidence, learn_confidence
+from nnunet_dale.confidence import Confidence, fast_confidence, functional_forward, learn_confidence
 from nnunet_dale.config import DALEConfig, DALEConfigError, load_config, resolve_patch_size
 from nnunet_dale.progress import DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
@@ -278,12 +278,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             return Confidence(omega=ones, update=torch.zeros_like(ones))
         module = unwrap(self.network)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-
-        def forward(parameters, x):
-            # nnU-Net's conv blocks register each layer twice (conv and all_modules.0): with tie_weights=True,
-            # functional_call swaps such a parameter twice and restores the wrong tensor, detaching the module's
-            # parameters from the optimiser. Swapping each parameter once reaches both names, as they share a module.
-            return torch.func.functional_call(module, parameters, (x,), tie_weights=False)
+        forward = functional_forward(module)
 
         shared = None if self.device.type == "cuda" else output_f  # an AMP graph is not reused for the meta step
         lr = self.optimizer.param_groups[0]["lr"]

@@ -1,6 +1,7 @@
 """Omega maps of test cases (nnunet_dale.omega_maps, `nnunet-dale omega-maps`) on a DALE model trained for a few
 steps: the geometry against the split computed directly on the raw files and against nnU-Net's own export, the
-values against an independent evaluation of Eq. 8-11, errors, and the maps in `compare`'s omega column."""
+values against Eq. 8-11 evaluated on tensors built here (learn_confidence itself, but not the maps' tiling, reference
+assembly or geometry), errors, and the maps in `compare`'s omega column."""
 
 from __future__ import annotations
 

@@ -112,10 +112,13 @@ def test_ablation_variants(dataset_2d, batch):
 def reference_step(trainer, batch, learn_omega: bool = True) -> None:
     """Algorithm 1 written out slowly: every forward separate (no shared fuzzy forward), the hypergradient of Eq. 11
     by double backward through an explicit functional shadow step (not the trainer's JVP), Adam's first step on
-    omega by its closed form. `learn_omega=False` keeps omega = 1 (a deliberately wrong step, for sensitivity)."""
+    omega by its closed form. `learn_omega=False` keeps omega = 1 (a deliberately wrong step, for sensitivity).
+    The loss (`dale_loss`) and L_W (`_alignment`) are the trainer's own: they have their own reference tests."""
     cfg, net, loss = trainer.dale_config, trainer.network, trainer.dale_loss
     data, target = batch["data"], batch["target"]
-    split = fuzzy_split(data, target[0], trainer.dale_patch_size, cfg.tau, cfg.entropy_bins)
+    split = fuzzy_split(
+        data, target[0], trainer.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
+    )
     w_n, w_f = weight_pyramid(split.nonfuzzy, target), weight_pyramid(split.fuzzy, target)
 
     def sgd(objective):
