@@ -89,13 +89,13 @@ class nnUNetTrainerDALE_250epochs(_Schedule, nnUNetTrainerDALE):
 class nnUNetTrainer_demo(_Schedule, nnUNetTrainer):
     """Default nnU-Net with the demo's short CPU schedule."""
 
-    epochs, iterations, val_iterations = 30, 25, 10
+    epochs, iterations, val_iterations = 25, 25, 10
 
 
 class nnUNetTrainerDALE_demo(_Schedule, nnUNetTrainerDALE):
     """DALE with the demo's short CPU schedule."""
 
-    epochs, iterations, val_iterations = 30, 25, 10
+    epochs, iterations, val_iterations = 25, 25, 10
 
 
 # --- the longer benchmark's schedule (benchmarks/noisy_benchmark.py)
