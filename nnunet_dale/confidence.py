@@ -94,7 +94,7 @@ def output_difference(
     step: float = 0.01,
 ) -> Any:
     """Fast-mode stand-in for `output_tangent`: (z(theta + eps v) - z(theta)) / eps with eps = step / |v|."""
-    norm = torch.sqrt(sum(d.pow(2).sum() for d in direction.values())).clamp_min(1e-12)
+    norm = torch.stack([torch.linalg.vector_norm(d) for d in direction.values()]).norm().clamp_min(1e-12)
     eps = step / norm
     with torch.no_grad():
         moved = forward({n: p.detach() + eps * direction[n] for n, p in params.items()}, x)

@@ -30,12 +30,16 @@ from nnunet_dale.audit import (
     boundary_band,
     case_corruption,
     context_identifiers,
+    omega_noisy,
     pass_transforms,
     rank_rows,
+    reference_batch,
     region_statistics,
 )
 from nnunet_dale.cli import main
+from nnunet_dale.confidence import functional_forward
 from nnunet_dale.config import DALEConfig
+from nnunet_dale.split import fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
 from conftest import run_cli as run
@@ -284,6 +288,48 @@ def test_a_planted_label_error_is_flagged_where_it_is(tiny_model):
         assert share[wrong].mean() > share[right_band].mean() + 0.3  # measured 0.01-0.19 for the correct ones
         assert result.summary["prediction_disagreement"] > 0.1  # the model sees the disk, not the dilated label
         assert 0 <= result.summary["score"] <= 1 and len(result.regions) == 1
+
+
+def test_evidence_is_the_rate_at_which_a_reference_step_raises_each_pixels_own_loss(tiny_model):
+    """TileOmega.evidence with a CE-only loss equals -<grad_theta ce_k(theta_n), v>, v = grad L_ref(theta_p), each
+    computed here pixel by pixel with autograd (float64): the Eq. 11 hypergradient with the weights divided out."""
+    import dataclasses
+
+    model = dataclasses.replace(tiny_model, loss=PixelWeightedDCandCE(batch_dice=True, weight_dice=0.0))
+    model.network.double()
+    try:
+        rng = np.random.default_rng(3)
+        image, label = _disk_case(rng)
+        x = torch.tensor(image, dtype=torch.float64)[None]
+        target = torch.tensor(label)[None, None]
+        valid = torch.ones_like(x)
+        context = [(img[0][None].astype(np.float64), lab) for img, lab in (_disk_case(rng) for _ in range(2))]
+        reference = reference_batch(model, context, 0, False)
+        reference.x, reference.weight = reference.x.double(), reference.weight.double()
+        params = dict(model.network.named_parameters())
+        settings = AuditSettings(passes=1)
+        tile = omega_noisy(model, functional_forward(model.network), params, x, target, valid, settings, reference)
+
+        cfg = model.dale_config
+        fuzzy = fuzzy_split(x, target, model.split_patch_size, cfg.tau, cfg.entropy_bins).fuzzy
+        names, values = list(params), list(params.values())
+        loss_p = model.loss(model.network(x * fuzzy), target, fuzzy)
+        grads = torch.autograd.grad(loss_p, values, materialize_grads=True)
+        theta_p = [p - settings.shadow_lr * g for p, g in zip(values, grads)]
+        out_p = torch.func.functional_call(model.network, dict(zip(names, theta_p)), (reference.x,), tie_weights=False)
+        v = torch.autograd.grad(model.loss(out_p, reference.target, reference.weight), theta_p, materialize_grads=True)
+        logits = model.network(x * fuzzy)
+        judged = torch.nonzero(fuzzy[0, 0] > 0)
+        for i, j in judged[torch.randperm(len(judged), generator=torch.Generator().manual_seed(0))[:12]].tolist():
+            ce_k = torch.nn.functional.cross_entropy(logits[:, :, i, j], target[:, 0, i, j])
+            grads = torch.autograd.grad(ce_k, values, retain_graph=True, allow_unused=True, materialize_grads=True)
+            expected = -sum((g * u).sum() for g, u in zip(grads, v))
+            assert float(tile.evidence[0, 0, i, j]) == pytest.approx(float(expected), rel=1e-6, abs=1e-12)
+        assert torch.all(tile.evidence[fuzzy == 0] == 0) and torch.isfinite(tile.evidence).all()
+        noisy = tile.noisy.bool() & (tile.evidence != 0)
+        assert torch.all(tile.evidence[noisy] > 0)  # omega went down exactly where the evidence is positive
+    finally:
+        model.network.float()
 
 
 # ---------------------------------------------------------------------------------------------- errors
