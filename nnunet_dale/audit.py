@@ -44,6 +44,7 @@ CSV_COLUMNS = (
     "suspect_area_px",
     "boundary_flagged_share",
     "score",
+    "evidence",
     "case_score",
     "fuzzy_noisy_share",
     "prediction_disagreement",
@@ -529,6 +530,7 @@ def region_statistics(
     threshold: float = 0.5,
     prediction: np.ndarray | None = None,
     fuzzy: np.ndarray | None = None,
+    evidence: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per connected region of the annotation and per case, from the per-pixel noisy share (2D or slice stack).
 
@@ -538,12 +540,19 @@ def region_statistics(
     zone = the band of the whole annotation united with the band of the model's `prediction` (a missed or spurious
     lesion is looked at too); a score on an empty zone is 0. `fuzzy_noisy_share` is the M^f-weighted noisy share of
     the whole image (the training log's statistic, per case); `prediction_disagreement` is 1 - Dice(prediction,
-    annotation), a reference that does not use omega.
+    annotation), a reference that does not use omega. `evidence` (with the per-pixel `evidence` map, else NaN) is the
+    mean positive evidence (`TileOmega.evidence`: how much a step on the reliable data raises the pixel's own loss)
+    on a region's band, and for the case over every judged pixel (M^f > 0; the whole image without `fuzzy`): the
+    audit's case score.
     """
     from skimage.measure import label
 
     noisy_share = np.asarray(noisy_share, dtype=np.float64)
     annotation = np.asarray(annotation, dtype=bool)
+    positive = None if evidence is None else np.maximum(np.asarray(evidence, dtype=np.float64), 0.0)
+
+    def mean_evidence(where: np.ndarray) -> float:
+        return float("nan") if positive is None else float(positive[where].mean()) if where.any() else 0.0
 
     def summary(zone: np.ndarray, ring: np.ndarray) -> dict[str, Any]:
         values = noisy_share[zone]
@@ -552,6 +561,7 @@ def region_statistics(
             "suspect_area_px": int((values >= threshold).sum()),
             "boundary_flagged_share": float((noisy_share[ring] >= threshold).mean()) if ring.any() else float("nan"),
             "score": float(values.mean()) if zone.any() else 0.0,
+            "evidence": mean_evidence(zone),
         }
 
     labels = label(annotation, connectivity=annotation.ndim)
@@ -573,6 +583,7 @@ def region_statistics(
         float((noisy_share * fuzzy).sum() / max(float(fuzzy.sum()), 1e-12)) if fuzzy is not None else float("nan")
     )
     case["prediction_disagreement"] = 1.0 - dice(prediction, annotation) if prediction is not None else float("nan")
+    case["evidence"] = mean_evidence(np.asarray(fuzzy) > 0 if fuzzy is not None else np.ones_like(annotation))
     return regions, case
 
 
@@ -585,6 +596,7 @@ class CaseAudit:
     annotation: np.ndarray  # (Z, H, W) bool
     noisy_share: np.ndarray  # (Z, H, W)
     zone_flagged: np.ndarray  # (Z, H, W) bool: noisy share >= threshold inside the audit zone
+    evidence: np.ndarray  # (Z, H, W) mean evidence over passes
 
 
 def case_arrays(data: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -645,18 +657,21 @@ def audit_case(
     noisy = np.stack([r.noisy_share for r in results])
     fuzzy = np.stack([r.fuzzy for r in results])
     prediction = np.stack([r.prediction for r in results])
+    evidence = np.stack([r.evidence for r in results])
     annotation = foreground(model, seg)
     squeeze = (lambda a: a[0]) if seg.shape[0] == 1 else (lambda a: a)
     regions, summary = region_statistics(
-        squeeze(noisy), squeeze(annotation), settings.band, settings.threshold, squeeze(prediction), squeeze(fuzzy)
-    )
+        squeeze(noisy), squeeze(annotation), settings.band, settings.threshold, squeeze(prediction), squeeze(fuzzy),
+        squeeze(evidence),
+    )  # fmt: skip
     zone = boundary_band(annotation, settings.band) | boundary_band(prediction, settings.band)
-    return CaseAudit(case, summary, regions, data[0], annotation, noisy, zone & (noisy >= settings.threshold))
+    flagged = zone & (noisy >= settings.threshold)
+    return CaseAudit(case, summary, regions, data[0], annotation, noisy, flagged, evidence)
 
 
 def _rank_key(audit: CaseAudit) -> tuple:
-    """Case order: decreasing score, ties by name."""
-    return (-audit.summary["score"], audit.case)
+    """Case order: decreasing case score (the case's evidence), ties by name."""
+    return (-audit.summary["evidence"], audit.case)
 
 
 def rank_rows(audits: Sequence[CaseAudit]) -> list[dict[str, Any]]:
@@ -665,9 +680,9 @@ def rank_rows(audits: Sequence[CaseAudit]) -> list[dict[str, Any]]:
     ordered = sorted(audits, key=_rank_key)
     rows = []
     for rank, audit in enumerate(ordered, 1):
-        common = {"rank": rank, "case": audit.case, "case_score": audit.summary["score"]}
+        common = {"rank": rank, "case": audit.case, "case_score": audit.summary["evidence"]}
         rows.append({**common, **audit.summary})
-        for region in sorted(audit.regions, key=lambda r: (-r["score"], r["region"])):
+        for region in sorted(audit.regions, key=lambda r: (-r["evidence"], r["region"])):
             rows.append({**common, **region, "fuzzy_noisy_share": "", "prediction_disagreement": ""})
     return rows
 
@@ -687,8 +702,8 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def overlay_png(audit: CaseAudit, rank: int, threshold: float) -> bytes:
-    """Two panels of the slice with the most annotation (or flags): image with the annotation contour (green) and the
-    flagged pixels (red), and the noisy-share map."""
+    """Three panels of the slice with the most annotation (or flags): image with the annotation contour (green) and
+    the flagged pixels (red), the noisy-share map and the positive-evidence map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -699,19 +714,21 @@ def overlay_png(audit: CaseAudit, rank: int, threshold: float) -> bytes:
     ).sum(1)
     z = int(np.argmax(weight))
     image, annotation, flagged, share = audit.image[z], audit.annotation[z], audit.zone_flagged[z], audit.noisy_share[z]
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
     red = np.zeros((*image.shape, 4))
     red[flagged] = (1.0, 0.15, 0.1, 0.55)
     axes[0].imshow(image, cmap="gray", interpolation="nearest")
     axes[0].imshow(red, interpolation="nearest")
     axes[1].imshow(share, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    axes[2].imshow(np.maximum(audit.evidence[z], 0), cmap="magma", vmin=0, interpolation="nearest")
     for ax in axes:
         if annotation.any() and not annotation.all():
             ax.contour(annotation.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0].set_title(f"#{rank} {audit.case}: flagged (share >= {threshold:g})", fontsize=8)
-    axes[1].set_title(f"noisy share (score {audit.summary['score']:.3f})", fontsize=8)
+    axes[1].set_title(f"noisy share (band mean {audit.summary['score']:.3f})", fontsize=8)
+    axes[2].set_title(f"positive evidence (case score {audit.summary['evidence']:.3g})", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -820,7 +837,7 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def read_case_scores(audit_csv: str | os.PathLike, column: str = "score") -> dict[str, float]:
+def read_case_scores(audit_csv: str | os.PathLike, column: str = "evidence") -> dict[str, float]:
     """Per-case values of `column` from the case rows (region "all") of an audit.csv."""
     with open(audit_csv, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["region"] == CASE_ROW]
@@ -854,15 +871,15 @@ def case_corruption(raw_dataset_folder: str | os.PathLike) -> dict[str, float]:
 def audit_quality(
     audit_csv: str | os.PathLike,
     raw_dataset_folder: str | os.PathLike,
-    columns: Sequence[str] = ("score", "fuzzy_noisy_share", "prediction_disagreement"),
+    columns: Sequence[str] = ("evidence", "score", "fuzzy_noisy_share", "prediction_disagreement"),
     top_share: float = 0.1,
 ) -> dict[str, Any]:
     """How well the audit's case ranking finds corrupted labels, given the clean ones.
 
-    True corruption of a case = 1 - Dice(noisy label, clean label). For the case score ("score") and, for reference,
-    the other case columns: AUROC against "corruption above the median", Spearman correlation with the corruption,
-    and the precision of the top 10 % scored cases (k = ceil(10 % of n)) — the share of them among the k most
-    corrupted cases (ties at the k-th corruption included) and the share above the median; `chance_*` are the
+    True corruption of a case = 1 - Dice(noisy label, clean label). For the case score ("evidence") and, for
+    reference, the other case columns: AUROC against "corruption above the median", Spearman correlation with the
+    corruption, and the precision of the top 10 % scored cases (k = ceil(10 % of n)) — the share of them among the k
+    most corrupted cases (ties at the k-th corruption included) and the share above the median; `chance_*` are the
     expected precisions of a random ranking.
     """
     from scipy.stats import spearmanr

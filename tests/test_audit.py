@@ -70,7 +70,11 @@ def test_region_statistics_match_a_hand_computed_case():
     noisy[5:11, 4] = 1.0  # the outer column left of the square: flagged in every pass
     noisy[5, 5:11] = 0.6  # the square's top row (inside): flagged in 60 % of the passes
     noisy[0, 0] = 1.0  # far from every contour: counts nowhere
-    regions, case = region_statistics(noisy, annotation, band=2, threshold=0.5)
+    evidence = np.zeros((30, 30))
+    evidence[5:11, 4] = 2.0  # the same outer column: the reliable data pushes against these labels
+    evidence[21, 21] = -3.0  # inside region 2, agreeing: only positive evidence counts
+    evidence[0, 0] = 5.0  # far from every contour: only in the case's whole-image evidence
+    regions, case = region_statistics(noisy, annotation, band=2, threshold=0.5, evidence=evidence)
     first, second = regions
     assert first == {
         "region": 1,
@@ -79,12 +83,15 @@ def test_region_statistics_match_a_hand_computed_case():
         "suspect_area_px": 12,
         "boundary_flagged_share": pytest.approx(12 / 44),  # both flagged lines lie in the 1-pixel rings
         "score": pytest.approx((6 * 1.0 + 6 * 0.6) / 84),
+        "evidence": pytest.approx(6 * 2.0 / 84),
     }
     # 3 x 3: every inside pixel is within 2 of the background; outside: 2 rows of 3 per side + 4 corners
     assert second["band_px"] == 9 + 28 and second["score"] == 0 and second["suspect_area_px"] == 0
+    assert second["evidence"] == 0
     assert case["region"] == "all" and case["area_px"] == 45
     assert case["band_px"] == 84 + 37 and case["score"] == pytest.approx(9.6 / 121)
     assert case["suspect_area_px"] == 12
+    assert case["evidence"] == pytest.approx((12 + 5) / 900)  # without a fuzzy map: every pixel counts
     assert np.isnan(case["prediction_disagreement"]) and np.isnan(case["fuzzy_noisy_share"])
 
     # the model's prediction widens the case's zone (a lesion the annotator missed is looked at too)
@@ -92,13 +99,16 @@ def test_region_statistics_match_a_hand_computed_case():
     prediction[24:27, 2:5] = True  # 3 x 3 the annotation does not have
     noisy[25, 3] = 1.0
     fuzzy = np.full((30, 30), 0.5)
-    _, case = region_statistics(noisy, annotation, band=2, threshold=0.5, prediction=prediction, fuzzy=fuzzy)
+    fuzzy[0, 0] = 0.0  # not judged in any pass: its evidence does not count
+    _, case = region_statistics(noisy, annotation, 2, 0.5, prediction=prediction, fuzzy=fuzzy, evidence=evidence)
     assert case["band_px"] == 84 + 37 + 37 and case["score"] == pytest.approx(10.6 / 158)
     assert case["prediction_disagreement"] == pytest.approx(1 - 2 * 45 / (45 + 54))
-    assert case["fuzzy_noisy_share"] == pytest.approx(noisy.mean())
+    assert case["fuzzy_noisy_share"] == pytest.approx((noisy.sum() - 1.0) / 899)
+    assert case["evidence"] == pytest.approx(12 / 899)
 
     _, empty = region_statistics(np.ones((8, 8)), np.zeros((8, 8), bool), band=2)
     assert empty["score"] == 0 and empty["band_px"] == 0 and np.isnan(empty["boundary_flagged_share"])
+    assert np.isnan(empty["evidence"])  # no evidence map given
 
 
 def test_passes_are_distinct_flips_and_rotations_that_are_undone():
@@ -120,13 +130,11 @@ def test_passes_are_distinct_flips_and_rotations_that_are_undone():
 
 def _case(name: str, score: float, regions: list[float]) -> CaseAudit:
     summary = {"region": "all", "area_px": 1, "band_px": 1, "suspect_area_px": 0, "boundary_flagged_share": 0.0}
-    summary.update(score=score, fuzzy_noisy_share=0.1, prediction_disagreement=0.2)
-    regs = [
-        {"region": i + 1, "area_px": 1, "band_px": 1, "suspect_area_px": 0, "boundary_flagged_share": 0.0, "score": s}
-        for i, s in enumerate(regions)
-    ]
+    summary.update(score=0.5, evidence=score, fuzzy_noisy_share=0.1, prediction_disagreement=0.2)
+    base = {"area_px": 1, "band_px": 1, "suspect_area_px": 0, "boundary_flagged_share": 0.0, "score": 0.5}
+    regs = [{"region": i + 1, **base, "evidence": s} for i, s in enumerate(regions)]
     empty = np.zeros((1, 2, 2))
-    return CaseAudit(name, summary, regs, empty, empty.astype(bool), empty, empty.astype(bool))
+    return CaseAudit(name, summary, regs, empty, empty.astype(bool), empty, empty.astype(bool), empty)
 
 
 def test_rows_are_ranked_by_case_score_with_regions_under_their_case():
@@ -189,7 +197,8 @@ def test_audit_quality_against_the_clean_labels(tmp_path):
     s = np.array([scores[k] for k in names])
     above = corruption > np.median(corruption)
     assert quality["num_cases"] == 20 and quality["num_above_median"] == 10 and quality["top_k"] == 2
-    q = quality["score"]
+    q = quality["evidence"]  # the case score
+    assert set(quality) >= {"score", "fuzzy_noisy_share", "prediction_disagreement"}  # the other columns, for reference
     assert q["auroc_above_median"] == pytest.approx(auroc(s, above))
     assert q["spearman"] == pytest.approx(spearmanr(s, corruption).statistic)
     top = np.argsort(-s)[:2]
@@ -202,10 +211,10 @@ def test_audit_quality_against_the_clean_labels(tmp_path):
 
     # a perfect and an inverted ranking
     _write_audit_csv(tmp_path / "perfect.csv", {k: 1 - dice[k] for k in names})
-    perfect = audit_quality(tmp_path / "perfect.csv", raw)["score"]
+    perfect = audit_quality(tmp_path / "perfect.csv", raw)["evidence"]
     assert perfect["auroc_above_median"] == 1 and perfect["precision_top_in_most_corrupted"] == 1
     _write_audit_csv(tmp_path / "inverted.csv", {k: float(dice[k]) for k in names})
-    assert audit_quality(tmp_path / "inverted.csv", raw)["score"]["auroc_above_median"] == 0
+    assert audit_quality(tmp_path / "inverted.csv", raw)["evidence"]["auroc_above_median"] == 0
 
 
 def test_corruption_from_label_files_without_cases_json(tmp_path):
@@ -377,16 +386,17 @@ def test_audit_command_on_a_trained_dale_model(tmp_path):
         rows = list(csv.DictReader(f))
     cases = [r for r in rows if r["region"] == "all"]
     assert sorted(r["case"] for r in cases) == [f"train_{i:03d}" for i in range(6)]  # every training case
-    scores = [float(r["score"]) for r in cases]
-    assert scores == sorted(scores, reverse=True) and [int(r["rank"]) for r in cases] == list(range(1, 7))
-    assert all(0 <= s <= 1 for s in scores)
+    scores = [float(r["case_score"]) for r in cases]
+    assert scores == [float(r["evidence"]) for r in cases] == sorted(scores, reverse=True)
+    assert [int(r["rank"]) for r in cases] == list(range(1, 7)) and all(s >= 0 for s in scores)
+    assert all(0 <= float(r["score"]) <= 1 for r in cases)
     regions = [r for r in rows if r["region"] != "all"]
     assert all(int(r["band_px"]) > 0 for r in regions)
     assert sorted(p.name for p in (out / "top").glob("*.png")) == [
         f"{i:02d}_{cases[i - 1]['case']}.png" for i in (1, 2, 3)
     ]
     quality = json.loads((out / "quality.json").read_text())  # the benchmark's clean labels are found
-    assert quality["num_cases"] == 6 and 0 <= quality["score"]["auroc_above_median"] <= 1
+    assert quality["num_cases"] == 6 and 0 <= quality["evidence"]["auroc_above_median"] <= 1
     assert "auroc_above_median" in result.stdout
     meta = json.loads((out / "audit.json").read_text())
     assert meta["trainer"] == "nnUNetTrainerDALE_quick" and meta["split_patch_size"] == [16, 16]
