@@ -1,7 +1,10 @@
 """The longer run of the built-in noisy-label benchmark: default nnU-Net vs DALE over several runs (folds).
 
-    python benchmarks/noisy_benchmark.py                       # 60 training / 20 test cases, 3 runs, ~1 h on 2 cores
+    python benchmarks/noisy_benchmark.py --train 50            # docs/results.md: 50 training / 20 test, 3 runs, ~1.3 h
+    python benchmarks/noisy_benchmark.py                       # 60 training cases (nnU-Net then plans batch 3): ~2 h
     python benchmarks/noisy_benchmark.py --folds 0 --train 40  # shorter
+
+Times are for 2 idle CPU cores; run nothing else meanwhile (two trainings on 2 cores slow each other many times).
 
 Same pipeline as `nnunet-dale demo` (real nnU-Net planning, training, prediction; evaluation against the clean test
 labels), with the schedule of nnUNetTrainer_bench / nnUNetTrainerDALE_bench (40 epochs x 25 iterations) and one run
