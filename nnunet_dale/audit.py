@@ -50,6 +50,7 @@ CSV_COLUMNS = (
     "prediction_disagreement",
 )
 CASE_ROW = "all"  # the `region` value of a case's summary row
+CASE_SCORE = "evidence"  # the column that ranks cases and regions (docs/audit.md: why the evidence)
 PREPROCESSED_UNSET = (
     "nnUNet_preprocessed is not set: the preprocessed training cases (audited, and giving omega's reference "
     "direction) are read from there"
@@ -671,7 +672,7 @@ def audit_case(
 
 def _rank_key(audit: CaseAudit) -> tuple:
     """Case order: decreasing case score (the case's evidence), ties by name."""
-    return (-audit.summary["evidence"], audit.case)
+    return (-audit.summary[CASE_SCORE], audit.case)
 
 
 def rank_rows(audits: Sequence[CaseAudit]) -> list[dict[str, Any]]:
@@ -680,9 +681,9 @@ def rank_rows(audits: Sequence[CaseAudit]) -> list[dict[str, Any]]:
     ordered = sorted(audits, key=_rank_key)
     rows = []
     for rank, audit in enumerate(ordered, 1):
-        common = {"rank": rank, "case": audit.case, "case_score": audit.summary["evidence"]}
+        common = {"rank": rank, "case": audit.case, "case_score": audit.summary[CASE_SCORE]}
         rows.append({**common, **audit.summary})
-        for region in sorted(audit.regions, key=lambda r: (-r["evidence"], r["region"])):
+        for region in sorted(audit.regions, key=lambda r: (-r[CASE_SCORE], r["region"])):
             rows.append({**common, **region, "fuzzy_noisy_share": "", "prediction_disagreement": ""})
     return rows
 
@@ -837,7 +838,7 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def read_case_scores(audit_csv: str | os.PathLike, column: str = "evidence") -> dict[str, float]:
+def read_case_scores(audit_csv: str | os.PathLike, column: str = CASE_SCORE) -> dict[str, float]:
     """Per-case values of `column` from the case rows (region "all") of an audit.csv."""
     with open(audit_csv, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["region"] == CASE_ROW]
@@ -871,7 +872,7 @@ def case_corruption(raw_dataset_folder: str | os.PathLike) -> dict[str, float]:
 def audit_quality(
     audit_csv: str | os.PathLike,
     raw_dataset_folder: str | os.PathLike,
-    columns: Sequence[str] = ("evidence", "score", "fuzzy_noisy_share", "prediction_disagreement"),
+    columns: Sequence[str] = (CASE_SCORE, "score", "fuzzy_noisy_share", "prediction_disagreement"),
     top_share: float = 0.1,
 ) -> dict[str, Any]:
     """How well the audit's case ranking finds corrupted labels, given the clean ones.
