@@ -113,7 +113,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
     run; also fast mode's agreement weighted by M^f and on the fully fuzzy voxels (M^f = 1) only, and the cosines
     between the stale / fresh non-fuzzy gradients and the exact v."""
     from nnunet_dale.confidence import (
-        _adam_on_omega,
+        adam_on_omega,
         confidence_hypergradient,
         fast_confidence,
         functional_forward,
@@ -163,7 +163,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
 
         def with_jvp(v):
             tangent = output_tangent(forward, params, x_f, v)
-            return _adam_on_omega(shape, x_f, cfg.omega_lr, cfg.lookahead_steps,
+            return adam_on_omega(shape, x_f, cfg.omega_lr, cfg.lookahead_steps,
                                   lambda w: confidence_hypergradient(output_f, tangent, fuzzy_loss, w, lr))  # fmt: skip
 
         variants = {"fast": fast, "fd_tangent_only": with_fd(v_p), "stale_v_only": with_jvp(v_stale),

@@ -52,6 +52,23 @@ def class_gaussians(features: torch.Tensor, membership: torch.Tensor, weight: to
     return ClassGaussians(mean=mean, cov=cov, mass=mass)
 
 
+def pooled_gaussians(
+    running: ClassGaussians | None, batch: ClassGaussians, momentum: float, min_mass: float
+) -> ClassGaussians:
+    """Running class Gaussians (the target of Eq. 14 pooled over iterations, as distribution calibration keeps them):
+    mean and covariance move as exponential averages toward a batch's estimate wherever that class has at least
+    `min_mass` weight in the batch; `mass` counts all weight that entered, so a class seen once stays usable."""
+    batch = ClassGaussians(batch.mean.detach(), batch.cov.detach(), batch.mass.detach())
+    enters = batch.mass >= min_mass
+    if running is None:
+        return ClassGaussians(batch.mean, batch.cov, torch.where(enters, batch.mass, torch.zeros_like(batch.mass)))
+    fresh = enters & (running.mass == 0)  # first time this class enters: take the batch's estimate as it is
+    keep = torch.where(enters & ~fresh, torch.full_like(batch.mass, momentum), torch.where(fresh, 0.0, 1.0))
+    mean = keep[:, None] * running.mean + (1 - keep[:, None]) * batch.mean
+    cov = keep[:, None, None] * running.cov + (1 - keep[:, None, None]) * batch.cov
+    return ClassGaussians(mean, cov, running.mass + torch.where(enters, batch.mass, torch.zeros_like(batch.mass)))
+
+
 def perturb_covariance(cov: torch.Tensor, scale: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Eq. 13: Sigma' = Sigma + eps * 1 with eps ~ U(0, scale * mean variance), drawn per class."""
     u = torch.rand(cov.shape[0], device=cov.device, dtype=cov.dtype, generator=generator)
@@ -99,10 +116,15 @@ def alignment_loss(
     ridge: float = 1e-4,
     min_mass: float = 8.0,
     generator: torch.Generator | None = None,
+    scale: str = "none",
 ) -> Alignment:
-    """Eq. 13-14: L_W = sum over classes with enough weight in both regions of W^2(N_n', N_f')."""
+    """Eq. 13-14: L_W = sum over classes with enough weight in both regions of W^2(N_n', N_f'); with
+    scale="trace" each class's W^2 is divided by the trace of its (detached) target covariance, which makes L_W
+    free of the features' scale: a fuzzy Gaussian one target standard deviation away costs about 1."""
     cov_t = perturb_covariance(target.cov.detach(), perturbation, generator)
     w2 = gaussian_w2(target.mean, cov_t, fuzzy.mean, fuzzy.cov, ridge)
+    if scale == "trace":
+        w2 = w2 / (cov_t.detach().double().diagonal(dim1=-2, dim2=-1).sum(-1) + ridge * cov_t.shape[-1])
     used = (target.mass >= min_mass) & (fuzzy.mass >= min_mass)
     loss = torch.where(used, w2, torch.zeros_like(w2)).sum().to(torch.float32)
     return Alignment(loss=loss, classes_used=used.sum())

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], Any]
 OutputLoss = Callable[..., torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -32,15 +33,34 @@ class Confidence:
     omega: torch.Tensor
     update: torch.Tensor
     hypergradient: torch.Tensor | None = None
+    threshold: float = 0.0  # how far omega must move to count as clean / noisy (0: the paper's sign)
 
     @property
     def clean(self) -> torch.Tensor:
-        """Eq. 12's indicator I[grad omega > 0]: voxels whose confidence went up."""
-        return self.update > 0
+        """Eq. 12's indicator I[grad omega > 0]: voxels whose confidence went up (by more than the threshold)."""
+        return self.update > self.threshold
 
     @property
     def noisy(self) -> torch.Tensor:
-        return self.update < 0
+        return self.update < -self.threshold
+
+
+def normalised_hypergradient(
+    hypergradient: torch.Tensor, weight: torch.Tensor, membership: torch.Tensor, eps: float = 1e-30
+) -> torch.Tensor:
+    """The hypergradient centred within each class and divided by its root mean square, both over the `weight`ed
+    (fuzzy) voxels: scale-free, so Adam's eps cannot freeze omega, and with a zero mean per class, so omega
+    re-weights voxels within a class instead of re-weighting the classes. `membership` (B, C, *s) is one-hot (or
+    soft) class membership at the hypergradient's resolution, `weight` (B, 1, *s) the fuzzy mask."""
+    g = hypergradient.to(torch.float64)
+    w = weight.to(torch.float64) * membership.to(torch.float64)  # (B, C, *s)
+    class_mean = (w * g).sum((0, *range(2, g.ndim)), keepdim=True) / w.sum(
+        (0, *range(2, g.ndim)), keepdim=True
+    ).clamp_min(eps)
+    centred = g - (membership.to(torch.float64) * class_mean).sum(1, keepdim=True)
+    total = weight.to(torch.float64)
+    rms = ((total * centred**2).sum() / total.sum().clamp_min(eps)).sqrt()
+    return (centred / rms.clamp_min(eps)).to(hypergradient.dtype)
 
 
 def functional_forward(module: torch.nn.Module) -> Forward:
@@ -117,15 +137,18 @@ def confidence_hypergradient(
     return -lr * d_omega
 
 
-def _adam_on_omega(shape, like: torch.Tensor, lr: float, steps: int, hypergradient) -> Confidence:
-    """omega_0 = 1, then `steps` Adam steps along hypergradient(omega)."""
+def adam_on_omega(
+    shape, like: torch.Tensor, lr: float, steps: int, hypergradient, transform: Transform | None = None
+) -> Confidence:
+    """Eq. 10: omega_0 = 1, then `steps` Adam steps along hypergradient(omega) (after `transform`, if given)."""
     dtype = torch.promote_types(like.dtype, torch.float32)
     omega = torch.ones(shape, device=like.device, dtype=dtype, requires_grad=True)
     optimiser = torch.optim.Adam([omega], lr=lr)
     first = None
     for _ in range(steps):
-        omega.grad = hypergradient(omega.detach())
-        first = omega.grad if first is None else first
+        raw = hypergradient(omega.detach())
+        first = raw if first is None else first
+        omega.grad = raw if transform is None else transform(raw)
         optimiser.step()
     omega = omega.detach()
     return Confidence(omega=omega, update=omega - 1.0, hypergradient=first)
@@ -143,12 +166,15 @@ def learn_confidence(
     steps: int = 1,
     lr: float = 0.1,
     fuzzy_outputs: Any = None,
+    transform: Transform | None = None,
 ) -> Confidence:
     """Eq. 8-11 (Algorithm 1, lines 6-10), exact: K lookahead steps from theta_n, Adam on omega from omega_0 = 1.
 
     `forward(params, x)` evaluates the network functionally (e.g. `torch.func.functional_call`);
     `fuzzy_loss(outputs, omega)` is L_p, `nonfuzzy_loss(outputs)` is L on the non-fuzzy batch. `fuzzy_outputs` may
-    pass the outputs of `forward(params, x_fuzzy)` with their graph, to share that forward with the caller.
+    pass the outputs of `forward(params, x_fuzzy)` with their graph, to share that forward with the caller (the
+    graph is kept for the caller's backward). `transform` maps the hypergradient before Adam (e.g.
+    `normalised_hypergradient`).
     """
     if fuzzy_outputs is None:
         fuzzy_outputs = forward(params, x_fuzzy)
@@ -161,7 +187,7 @@ def learn_confidence(
         tangent = output_tangent(forward, params, x_fuzzy, dict(zip(names, v)))
         return confidence_hypergradient(fuzzy_outputs, tangent, fuzzy_loss, omega, shadow_lr)  # Eq. 10-11
 
-    return _adam_on_omega(omega_shape, x_fuzzy, lr, steps, hypergradient)
+    return adam_on_omega(omega_shape, x_fuzzy, lr, steps, hypergradient, transform)
 
 
 def fast_confidence(
@@ -176,6 +202,7 @@ def fast_confidence(
     steps: int = 1,
     lr: float = 0.1,
     step: float = 0.01,
+    transform: Transform | None = None,
 ) -> Confidence:
     """Fast mode (a documented approximation of Eq. 8-11): v = grad L_n(theta_p) is replaced by the non-fuzzy step's
     own gradient at theta_{t-1} (first order in the step to theta_p, which momentum makes large: docs/performance.md
@@ -185,10 +212,11 @@ def fast_confidence(
         with torch.no_grad():
             fuzzy_outputs = forward(params, x_fuzzy)
     tangent = output_difference(forward, params, x_fuzzy, fuzzy_outputs, nonfuzzy_gradient, step)
-    return _adam_on_omega(
+    return adam_on_omega(
         omega_shape,
         x_fuzzy,
         lr,
         steps,
         lambda omega: confidence_hypergradient(fuzzy_outputs, tangent, fuzzy_loss, omega, shadow_lr),
+        transform,
     )

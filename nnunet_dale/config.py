@@ -7,7 +7,9 @@ variables ``NNUNET_DALE_<FIELD>`` (e.g. ``NNUNET_DALE_TAU=0.8``, ``NNUNET_DALE_P
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -16,7 +18,9 @@ from typing import Any
 
 ENV_FILE = "NNUNET_DALE_CONFIG"
 ENV_PREFIX = "NNUNET_DALE_"
+CONTROL_VARIABLES = (ENV_FILE, "NNUNET_DALE_ALLOW_CONFIG_CHANGE")  # NNUNET_DALE_* that are not hyper-parameters
 FEATURE_SITES = ("head", "bottleneck")
+LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast")
 
 
@@ -43,6 +47,17 @@ class DALEConfig:
     cov_perturbation: float = 0.01  # scale of the random eps of Eq. 13, relative to the mean variance
     ridge: float = 1e-4  # added to covariance diagonals before matrix square roots
     min_class_mass: float = 8.0  # a class needs this much voxel weight in both regions to enter L_W
+    # --- departures from the literal reading (docs/method.md, "What the shipped trainer changes"); these defaults
+    # --- are the paper's: nnUNetTrainerDALE_paper keeps them, nnUNetTrainerDALE sets the measured configuration
+    split_patches: int = 0  # > 0: the split patch is the network patch / split_patches per axis (the paper's ~16)
+    lw_scale: str = "none"  # "trace": each class's W^2 divided by the trace of its target covariance (scale-free)
+    min_class_mass_per_dim: float = 0.0  # a class also needs this many times the feature dimension in weight
+    target_momentum: float = 0.0  # > 0: the target Gaussians are a running (EMA) estimate over iterations
+    omega_normalise: bool = False  # hypergradient centred within each class, divided by its RMS, before Adam
+    clean_threshold: float = 0.0  # clean: omega rose by more than this; noisy: fell by more than this
+    single_update: bool = False  # one optimiser update per iteration on (L_n + L_f) / 2 instead of two steps
+    mask_input: bool = True  # the passes see the masked image (Eq. 7); False: the real image, masks as weights only
+    warmup_fraction: float = 0.0  # the first share of epochs are plain nnU-Net steps
 
     def __post_init__(self):
         check = _Checker(self)
@@ -57,6 +72,18 @@ class DALEConfig:
         check(self.cov_perturbation >= 0, "cov_perturbation", "a number >= 0")
         check(self.ridge > 0, "ridge", "a number > 0")
         check(self.min_class_mass >= 0, "min_class_mass", "a number >= 0")
+        check(self.split_patches >= 0, "split_patches", "an integer >= 0 (0: patch_size decides)")
+        check(self.split_patches == 0 or self.patch_size is None, "split_patches/patch_size", "not both set")
+        check(self.lw_scale in LW_SCALES, "lw_scale", f"one of {LW_SCALES}")
+        check(self.min_class_mass_per_dim >= 0, "min_class_mass_per_dim", "a number >= 0")
+        check(0 <= self.target_momentum < 1, "target_momentum", "a number in [0, 1)")
+        check(self.clean_threshold >= 0, "clean_threshold", "a number >= 0")
+        check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
+        check(
+            not (self.single_update and self.omega_mode == "fast"),
+            "single_update/omega_mode",
+            "not single_update with omega_mode 'fast' (fast mode looks along the non-fuzzy step's own gradient)",
+        )
         if self.patch_size is not None:
             check(len(self.patch_size) >= 1 and all(p >= 1 for p in self.patch_size), "patch_size", "integers >= 1")
 
@@ -65,6 +92,20 @@ class DALEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+PAPER: dict[str, Any] = {}  # the literal reading: every field at its dataclass default (nnUNetTrainerDALE_paper)
+SHIPPED: dict[str, Any] = {  # nnUNetTrainerDALE: the configuration the validity study chose (docs/results.md)
+    "split_patches": 16,
+    "lw_scale": "trace",
+    "min_class_mass_per_dim": 4.0,
+    "target_momentum": 0.9,
+    "omega_normalise": True,
+    "clean_threshold": 0.05,
+    "single_update": True,
+    "mask_input": False,
+    "warmup_fraction": 0.1,
+}
 
 
 class _Checker:
@@ -81,9 +122,13 @@ def _coerce(name: str, raw: Any) -> Any:
     """Parse one value (from JSON or an environment string) into the field's type."""
     kinds = {f.name: f.type for f in fields(DALEConfig)}
     if name not in kinds:
-        raise DALEConfigError(f"unknown DALE hyper-parameter {name!r}; known: {sorted(kinds)}")
+        raise DALEConfigError(
+            f"unknown DALE hyper-parameter {name!r}{_suggestion(name, kinds)}; known: {sorted(kinds)}"
+        )
     kind = kinds[name]
     try:
+        if isinstance(raw, bool) and kind != "bool":  # JSON true/false where a number or a size is expected
+            raise ValueError
         if kind == "bool":
             if isinstance(raw, bool):
                 return raw
@@ -92,20 +137,36 @@ def _coerce(name: str, raw: Any) -> Any:
                 raise ValueError
             return text in ("1", "true", "yes")
         if kind == "int":
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError
-            return int(raw)
+            return _integer(raw)
         if kind == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         if kind == "str":
             return str(raw).strip()
         # patch size: null, an int, a list, or "16,16"
         if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
             return None
         items = raw.split(",") if isinstance(raw, str) else (raw if isinstance(raw, Sequence) else [raw])
-        return tuple(int(i) for i in items)
-    except (TypeError, ValueError):
-        raise DALEConfigError(f"DALE hyper-parameter {name}: cannot read {raw!r} as {kind}") from None
+        return tuple(_integer(i) for i in items)
+    except (TypeError, ValueError, OverflowError):
+        expected = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "text"}.get(
+            kind, "integers (one, or one per axis)"
+        )
+        raise DALEConfigError(f"DALE hyper-parameter {name}: cannot read {raw!r} as {expected}") from None
+
+
+def _integer(raw: Any) -> int:
+    """An integer from an int, an integral float or a string of digits; booleans and fractions are refused."""
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError
+    return int(raw.strip()) if isinstance(raw, str) else int(raw)
+
+
+def _suggestion(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def load_config(
@@ -126,10 +187,14 @@ def load_config(
         if not isinstance(data, dict):
             raise DALEConfigError(f"{ENV_FILE}={path}: expected a JSON object of hyper-parameters")
         changes.update({k: _coerce(k, v) for k, v in data.items()})
-    for f in fields(DALEConfig):
-        key = ENV_PREFIX + f.name.upper()
-        if key in environ:
-            changes[f.name] = _coerce(f.name, environ[key])
+    known = {ENV_PREFIX + f.name.upper(): f.name for f in fields(DALEConfig)}
+    for key in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in CONTROL_VARIABLES):
+        if key not in known:
+            raise DALEConfigError(
+                f"unknown environment variable {key}{_suggestion(key, known)}; DALE reads "
+                f"{', '.join(sorted(known))} and {', '.join(CONTROL_VARIABLES)}"
+            )
+        changes[known[key]] = _coerce(known[key], environ[key])
     return base.replace(**changes)
 
 
@@ -139,13 +204,22 @@ def default_patch_size(spacing: Sequence[float], cap: Sequence[int], base: int =
     return tuple(min(int(n), max(1, round(base * finest / s))) for s, n in zip(spacing, cap))
 
 
+def patches_per_side(network_patch: Sequence[int], count: int) -> tuple[int, ...]:
+    """The split patch that tiles the network patch with `count` patches per axis (the paper: 224-352 px images in
+    16 px patches, i.e. 14-22 per side), at least 1 voxel."""
+    return tuple(max(1, math.ceil(int(n) / count)) for n in network_patch)
+
+
 def resolve_patch_size(
     config: DALEConfig, network_patch: Sequence[int], spacing: Sequence[float], base: int = 16
 ) -> tuple[int, ...]:
     """The split's patch size in voxels for a plan: the configured one, or `base` voxels along the finest axis and
-    the same physical length along coarser ones (capped at the network's patch size). A configured patch size
-    larger than the network's patch size is an error."""
+    the same physical length along coarser ones (capped at the network's patch size), or with `split_patches` the
+    network patch divided into that many patches per axis. A configured patch size larger than the network's patch
+    size is an error."""
     dims = len(network_patch)
+    if config.split_patches:
+        return patches_per_side(network_patch, config.split_patches)
     if config.patch_size is not None:
         patch = tuple(config.patch_size) * dims if len(config.patch_size) == 1 else tuple(config.patch_size)
         if len(patch) != dims:

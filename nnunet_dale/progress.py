@@ -1,8 +1,7 @@
-"""DALE's per-epoch statistics in nnU-Net's logger: extra lists, a fourth panel in progress.png, the config."""
+"""DALE's per-epoch statistics in nnU-Net's logger: extra lists, their plot progress_dale.png, the config."""
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any
 
@@ -20,8 +19,21 @@ DALE_STATS = {
     "dale_mean_omega": "mean omega",
     "dale_noisy_share": "noisy share",
     "dale_l_w": "L_W",
+    "dale_alpha_l_w": "alpha*omega*L_W",
+    "dale_seg_loss_f": "fuzzy seg loss",
+    "dale_grad_norm_n": "grad norm (non-fuzzy or single step)",
+    "dale_grad_norm_f": "grad norm (fuzzy step)",
+    "dale_omega_fg": "omega fuzzy fg",
+    "dale_omega_bg": "omega fuzzy bg",
+    "dale_noisy_fg": "noisy share fg",
+    "dale_noisy_bg": "noisy share bg",
+    "dale_omega_moved": "share omega moved",
+    "dale_nonfuzzy_fg_share": "fg share non-fuzzy",
 }
 CONFIG_KEY = "_dale_config"
+PANEL_SHARES = ("dale_fuzzy_fraction", "dale_mean_omega", "dale_noisy_fg", "dale_noisy_bg", "dale_omega_moved",
+                "dale_nonfuzzy_fg_share")  # fmt: skip
+PANEL_LOSSES = ("dale_l_w", "dale_alpha_l_w", "dale_seg_loss_f", "dale_grad_norm_n", "dale_grad_norm_f")
 
 
 class DALELocalLogger(LocalLogger):
@@ -45,29 +57,21 @@ class DALELocalLogger(LocalLogger):
         self.my_fantastic_logging = checkpoint
 
     def plot_progress_png(self, output_folder: str) -> None:
-        """nnU-Net's three panels, then a fourth below them with DALE's statistics."""
+        """nnU-Net's progress.png, and DALE's statistics in progress_dale.png beside it (a separate, small figure:
+        appending a panel to nnU-Net's 3000 x 5400 px image cost ~2.4 s per epoch in PNG decoding and encoding)."""
         super().plot_progress_png(output_folder)
-        path = join(output_folder, "progress.png")
-        base = plt.imread(path)
         epochs = min(len(v) for v in self.my_fantastic_logging.values())
-        fig, ax = plt.subplots(1, 1, figsize=(base.shape[1] / 100, 18), dpi=100)
         x = np.arange(epochs)
-        for key, colour in zip(("dale_fuzzy_fraction", "dale_mean_omega", "dale_noisy_share"), "bgr"):
-            ax.plot(x, self.my_fantastic_logging[key][:epochs], color=colour, label=DALE_STATS[key], linewidth=4)
-        ax2 = ax.twinx()
-        ax2.plot(x, self.my_fantastic_logging["dale_l_w"][:epochs], color="k", ls="--", label="L_W", linewidth=4)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("fraction / omega")
-        ax2.set_ylabel("L_W")
-        ax.legend(loc=(0, 1))
-        ax2.legend(loc=(0.4, 1))
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8), dpi=80, sharex=True)
+        for key in PANEL_SHARES:
+            top.plot(x, self.my_fantastic_logging[key][:epochs], label=DALE_STATS[key])
+        top.set_ylabel("share / omega")
+        for key in PANEL_LOSSES:
+            bottom.plot(x, self.my_fantastic_logging[key][:epochs], label=DALE_STATS[key])
+        bottom.set_ylabel("loss / gradient norm")
+        bottom.set_xlabel("epoch")
+        for ax in (top, bottom):
+            ax.legend(loc="upper left", fontsize="small", ncol=2)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
+        fig.savefig(join(output_folder, "progress_dale.png"))
         plt.close(fig)
-        buffer.seek(0)
-        panel = plt.imread(buffer)
-        if panel.shape[1] == base.shape[1]:
-            plt.imsave(path, np.concatenate([base[..., :3], panel[..., :3]], axis=0))
-        else:  # a matplotlib that rounds figure sizes differently: keep nnU-Net's plot intact, write ours beside it
-            plt.imsave(join(output_folder, "progress_dale.png"), panel)

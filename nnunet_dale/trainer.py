@@ -5,8 +5,10 @@ Everything but `train_step` (planning, data loading, augmentation, validation, i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,19 +26,28 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_dale.alignment import (
     Alignment,
+    ClassGaussians,
     alignment_loss,
     class_gaussians,
     class_membership,
     fuzzy_objective,
+    pooled_gaussians,
     resize_to,
 )
-from nnunet_dale.confidence import Confidence, fast_confidence, functional_forward, learn_confidence
+from nnunet_dale.confidence import (
+    Confidence,
+    fast_confidence,
+    functional_forward,
+    learn_confidence,
+    normalised_hypergradient,
+)
 from nnunet_dale.config import DALEConfig, DALEConfigError, load_config, resolve_patch_size
 from nnunet_dale.progress import DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE, weight_pyramid
 
 ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"
+OMEGA_MOVED = 1e-3  # |omega - 1| above this counts as moved (dale_omega_moved)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -106,6 +117,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self.feature_tap: FeatureTap | None = None
         self.dale_fallbacks: Counter[str] = Counter()  # fallbacks this epoch, logged and reset at its end
         self.dale_num_classes = self.label_manager.num_segmentation_heads
+        self.dale_target: ClassGaussians | None = None  # running target Gaussians (target_momentum > 0)
+        self._grad_norms: dict[str, torch.Tensor] = {}  # pre-clip gradient norm of this iteration's steps
         self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
         self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
 
@@ -132,8 +145,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
 
     # ------------------------------------------------------------------ Algorithm 1
     def train_step(self, batch: dict) -> dict:
-        """Algorithm 1, one iteration: split -> non-fuzzy step -> omega* -> fuzzy step, on one nnU-Net batch."""
+        """Algorithm 1, one iteration: split -> non-fuzzy step -> omega* -> fuzzy step, on one nnU-Net batch. With
+        `single_update` the two steps are one optimiser update on (L_n + L_f) / 2, omega* looking ahead from theta;
+        during the warm-up (`warmup_fraction`) the iteration is nnU-Net's own."""
         cfg = self.dale_config
+        if self.current_epoch < cfg.warmup_fraction * self.num_epochs:
+            return {**super().train_step(batch), **{k: np.nan for k in DALE_STATS}}
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = (
@@ -142,15 +159,15 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         )
         full_target = target[0] if isinstance(target, list) else target
+        self._grad_norms = {}
 
         # line 3: split the batch into D_n and D_f (Eq. 3-7)
         with self._phase("split"):
-            split = fuzzy_split(
-                data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
-            )
-            x_n, x_f = data * split.nonfuzzy, data * split.fuzzy
+            split = self.split(data, full_target)
+            x_n, x_f = (data * split.nonfuzzy, data * split.fuzzy) if cfg.mask_input else (data, data)
             nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
             fuzzy_weights = weight_pyramid(split.fuzzy, target)
+            membership = self._membership(full_target)
             local_fuzzy_mass = split.fuzzy.sum()
             masses = torch.stack([split.nonfuzzy.sum(), local_fuzzy_mass])
             if self.is_ddp:  # skips must agree on every rank: the real steps and the batch Dice are collectives
@@ -162,22 +179,33 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         with self._phase("nonfuzzy_step"):
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast(), self._features() as tap_n:
-                loss_n = self.dale_loss(self.network(x_n), target, nonfuzzy_weights)
-            features_n = tap_n.value.detach() if tap_n.value is not None else None
-            keep = cfg.use_omega and cfg.omega_mode == "fast"
-            if nonfuzzy_mass > 0:
-                gradient_n = self._optimizer_step(loss_n, "nonfuzzy step", keep_gradient=keep)
+                output_n = self.network(x_n)
+                loss_n = self.dale_loss(output_n, target, nonfuzzy_weights)
+            features_n = tap_n.value
+            gradient_n = None
+            if cfg.single_update:
+                pass  # theta_n = theta: the non-fuzzy loss joins the fuzzy one in a single update (line 14)
+            elif nonfuzzy_mass > 0:
+                keep = cfg.use_omega and cfg.omega_mode == "fast"
+                gradient_n = self._optimizer_step(loss_n, "nonfuzzy", keep_gradient=keep)
             else:  # everything fuzzy: no reliable region to step on
                 gradient_n = self._fallback("no non-fuzzy region: non-fuzzy step skipped")
         if fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
             self._fallback("no fuzzy region: omega and fuzzy step skipped")
-            return self._step_outputs(loss_n.detach(), split)
+            if cfg.single_update:
+                self._optimizer_step(loss_n, "nonfuzzy")
+            return self._step_outputs(loss_n.detach(), split, membership)
 
         # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
         with self._phase("fuzzy_forward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast(), self._features() as tap_f:
-                output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
+            if cfg.single_update and not cfg.mask_input:  # the same image at the same theta: the same forward
+                output_f, features_f = output_n, features_n
+            else:
+                if not cfg.single_update:
+                    self.optimizer.zero_grad(set_to_none=True)
+                with self._autocast(), self._features() as tap_f:
+                    output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
+                features_f = tap_f.value
 
         def fuzzy_loss(output, omega):
             return self.dale_loss(output, target, weight_pyramid(omega * split.fuzzy, target), fuzzy_weights)
@@ -185,47 +213,108 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         def nonfuzzy_loss(output):
             return self.dale_loss(output, target, nonfuzzy_weights)
 
+        transform = None
+        if cfg.omega_normalise:
+            partition = membership if not self.label_manager.has_regions else self._bg_fg(membership)
+
+            def transform(g):
+                return normalised_hypergradient(g, split.fuzzy, partition)
+
         with self._phase("omega"):
-            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
+            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
-            alignment = self._alignment(features_n, tap_f.value, full_target, split, confidence)
+            detached_n = None if features_n is None else features_n.detach()
+            alignment = self._alignment(detached_n, features_f, membership, split, confidence)
         confidence, alignment = self._finite_or_skipped(confidence, alignment)
         mean_omega = (confidence.omega * split.fuzzy).sum() / local_fuzzy_mass.clamp_min(1e-8)
 
         # line 14: optimise theta_f on D_f (Eq. 2)
         with self._phase("fuzzy_step"):
             with self._autocast():
-                loss_f = fuzzy_objective(fuzzy_loss(output_f, confidence.omega), alignment.loss, cfg.alpha, mean_omega)
-            self._optimizer_step(loss_f, "fuzzy step")
+                seg_f = fuzzy_loss(output_f, confidence.omega)
+                loss_f = fuzzy_objective(seg_f, alignment.loss, cfg.alpha, mean_omega)
+            if cfg.single_update:
+                self._optimizer_step(0.5 * (loss_n + loss_f), "nonfuzzy")
+            else:
+                self._optimizer_step(loss_f, "fuzzy")
         loss = 0.5 * (loss_n + loss_f).detach()
         if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
-            return self._step_outputs(loss, split)
-        noisy_share = (confidence.noisy * split.fuzzy).sum() / local_fuzzy_mass
-        return self._step_outputs(loss, split, mean_omega, noisy_share, alignment)
+            return self._step_outputs(loss, split, membership)
+        return self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach())
+
+    def split(self, data: torch.Tensor, full_target: torch.Tensor) -> FuzzySplit:
+        """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""
+        cfg = self.dale_config
+        return fuzzy_split(
+            data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
+        )
+
+    def _membership(self, full_target: torch.Tensor) -> torch.Tensor:
+        lm = self.label_manager
+        return class_membership(full_target, lm.num_segmentation_heads, lm.has_regions, lm.ignore_label)
+
+    def _bg_fg(self, membership: torch.Tensor) -> torch.Tensor:
+        """(background, foreground) membership: a partition of the labelled voxels, also for overlapping regions."""
+        if self.label_manager.has_regions:
+            fg = membership.amax(1, keepdim=True)
+            return torch.cat([1 - fg, fg], 1)
+        return torch.cat([membership[:, :1], membership[:, 1:].sum(1, keepdim=True)], 1)
 
     def _step_outputs(
-        self, loss, split: FuzzySplit, mean_omega=None, noisy_share=None, alignment: Alignment | None = None
+        self,
+        loss,
+        split: FuzzySplit,
+        membership: torch.Tensor,
+        confidence: Confidence | None = None,
+        alignment: Alignment | None = None,
+        seg_f: torch.Tensor | None = None,
     ) -> dict:
-        """train_step's dict: the loss and DALE's statistics, fetched with one host sync. Without omega statistics
-        (no fuzzy region) they read as neutral: omega 1, noisy share 0, L_W 0."""
+        """train_step's dict: the loss and DALE's statistics (progress.DALE_STATS), fetched with one host sync.
+        Without omega statistics (no fuzzy region here) omega reads 1, the noisy shares 0 and L_W 0."""
+        bg, fg = self._bg_fg(membership).unbind(1)
+        fg, bg = fg[:, None], bg[:, None]
         zero = torch.zeros((), device=loss.device)
-        if mean_omega is None:
-            values = [loss, split.fuzzy.mean(), zero + 1, zero, zero, zero - 1]
+        nan = zero + float("nan")
+        stats = {
+            "dale_fuzzy_fraction": split.fuzzy.mean(),
+            "dale_nonfuzzy_fg_share": (split.nonfuzzy * fg).sum() / fg.sum().clamp_min(1e-8),
+            "dale_grad_norm_n": self._grad_norms.get("nonfuzzy", nan),
+            "dale_grad_norm_f": self._grad_norms.get("fuzzy", nan),
+        }
+        classes_used = zero - 1
+        if confidence is None:
+            stats.update(dale_mean_omega=zero + 1, dale_noisy_share=zero, dale_l_w=zero, dale_alpha_l_w=zero)
+            stats.update(dale_omega_fg=zero + 1, dale_omega_bg=zero + 1, dale_noisy_fg=zero, dale_noisy_bg=zero)
+            stats.update(dale_omega_moved=zero, dale_seg_loss_f=nan)
         else:
-            values = [
-                loss,
-                split.fuzzy.mean(),
-                mean_omega.detach(),
-                noisy_share,
-                alignment.loss.detach(),
-                alignment.classes_used.to(loss.dtype),
-            ]
-        loss, *dale, classes_used = torch.stack([v.float() for v in values]).cpu().numpy()
+
+            def fuzzy_mean(values, region=1.0):
+                weight = split.fuzzy * region
+                return (values * weight).sum() / weight.sum().clamp_min(1e-8)
+
+            omega, noisy = confidence.omega, confidence.noisy.to(split.fuzzy.dtype)
+            mean_omega = fuzzy_mean(omega)
+            stats.update(
+                dale_mean_omega=mean_omega,
+                dale_noisy_share=fuzzy_mean(noisy),
+                dale_l_w=alignment.loss.detach(),
+                dale_alpha_l_w=self.dale_config.alpha * mean_omega * alignment.loss.detach(),
+                dale_omega_fg=fuzzy_mean(omega, fg),
+                dale_omega_bg=fuzzy_mean(omega, bg),
+                dale_noisy_fg=fuzzy_mean(noisy, fg),
+                dale_noisy_bg=fuzzy_mean(noisy, bg),
+                dale_omega_moved=fuzzy_mean(((omega - 1).abs() > OMEGA_MOVED).to(omega.dtype)),
+                dale_seg_loss_f=seg_f,
+            )
+            classes_used = alignment.classes_used.to(loss.dtype)
+        keys = [k for k in DALE_STATS]
+        values = torch.stack([loss.float(), classes_used.float(), *[stats[k].float() for k in keys]]).cpu().numpy()
+        loss, classes_used = values[:2]
         if self.feature_tap is not None and self.dale_config.alpha > 0 and 0 <= classes_used < self.dale_num_classes:
             self.dale_fallbacks["class skipped in L_W (too little weight in a region)"] += 1
-        return {"loss": loss, **dict(zip(DALE_STATS, dale))}
+        return {"loss": loss, **dict(zip(keys, values[2:]))}
 
     def _finite_or_skipped(self, confidence: Confidence, alignment: Alignment) -> tuple[Confidence, Alignment]:
         """A non-finite omega or L_W is replaced by its neutral value (omega = 1, L_W = 0), with a logged warning."""
@@ -269,13 +358,21 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 yield tap
 
     def _confidence(
-        self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss, gradient_n=None
+        self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss, gradient_n=None, transform=None
     ) -> Confidence:
-        """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast."""
+        """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast; `transform`
+        maps the hypergradient before Adam (omega_normalise)."""
         cfg = self.dale_config
         if not cfg.use_omega:
             ones = torch.ones_like(split.fuzzy)
             return Confidence(omega=ones, update=torch.zeros_like(ones))
+        return dataclasses.replace(
+            self._lookahead(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform),
+            threshold=cfg.clean_threshold,
+        )
+
+    def _lookahead(self, x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform) -> Confidence:
+        cfg = self.dale_config
         module = unwrap(self.network)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         forward = functional_forward(module)
@@ -290,32 +387,31 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             direction = dict(zip(names, gradient_n))
             return fast_confidence(
                 forward, params, x_f, shared, fuzzy_loss, direction, split.fuzzy.shape, lr, cfg.lookahead_steps,
-                cfg.omega_lr,
+                cfg.omega_lr, transform=transform,
             )  # fmt: skip
         return learn_confidence(
             forward, params, x_f, x_n, fuzzy_loss, nonfuzzy_loss, split.fuzzy.shape, lr, cfg.lookahead_steps,
-            cfg.omega_lr, fuzzy_outputs=shared,
+            cfg.omega_lr, fuzzy_outputs=shared, transform=transform,
         )  # fmt: skip
 
-    def _alignment(self, features_n, features_f, full_target, split: FuzzySplit, confidence: Confidence) -> Alignment:
-        """L_W (Eq. 12-14): fuzzy features of clean voxels pulled toward the detached non-fuzzy class Gaussians."""
+    def _alignment(self, features_n, features_f, membership, split: FuzzySplit, confidence: Confidence) -> Alignment:
+        """L_W (Eq. 12-14): fuzzy features of clean voxels pulled toward the detached non-fuzzy class Gaussians (this
+        batch's, or their running estimate with target_momentum > 0)."""
         cfg = self.dale_config
         if features_n is None or features_f is None or cfg.alpha == 0:
             zero = torch.zeros((), device=self.device)
             return Alignment(loss=zero, classes_used=zero.long())
         spatial = features_f.shape[2:]
-        membership = class_membership(
-            full_target,
-            self.label_manager.num_segmentation_heads,
-            self.label_manager.has_regions,
-            self.label_manager.ignore_label,
-        )
         membership = resize_to(membership, spatial)
+        min_mass = max(cfg.min_class_mass, cfg.min_class_mass_per_dim * features_f.shape[1])
         clean = confidence.clean if cfg.use_omega else torch.ones_like(split.fuzzy, dtype=torch.bool)
         with torch.no_grad():
             target_stats = class_gaussians(features_n, membership, resize_to(split.nonfuzzy, spatial))
+            if cfg.target_momentum > 0:
+                self.dale_target = pooled_gaussians(self.dale_target, target_stats, cfg.target_momentum, min_mass)
+                target_stats = self.dale_target
         fuzzy_stats = class_gaussians(features_f, membership, resize_to(split.fuzzy * clean, spatial))
-        return alignment_loss(target_stats, fuzzy_stats, cfg.cov_perturbation, cfg.ridge, cfg.min_class_mass)
+        return alignment_loss(target_stats, fuzzy_stats, cfg.cov_perturbation, cfg.ridge, min_mass, scale=cfg.lw_scale)
 
     def _optimizer_step(self, loss: torch.Tensor, name: str, keep_gradient: bool = False) -> list[torch.Tensor] | None:
         """nnU-Net's backward, gradient clipping at 12 and SGD step (through the GradScaler on CUDA). A non-finite
@@ -327,9 +423,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         else:
             loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+        self._grad_norms[name] = norm.detach()
         if self.grad_scaler is None and not torch.isfinite(norm):  # with AMP the GradScaler skips such steps
             self.optimizer.zero_grad(set_to_none=True)
-            return self._fallback(f"non-finite loss or gradient: {name} skipped")
+            return self._fallback(f"non-finite loss or gradient: {name} step skipped")
         kept = None
         if keep_gradient:
             params = [p for p in unwrap(self.network).parameters() if p.requires_grad]
@@ -345,11 +442,13 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: list[dict]):
         super().on_train_epoch_end(train_outputs)
         outputs = collate_outputs(train_outputs)
-        means = {k: float(np.nanmean(outputs[k])) for k in DALE_STATS}
-        if self.is_ddp:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, means)
-            means = {k: float(np.nanmean([g[k] for g in gathered])) for k in DALE_STATS}
+        with warnings.catch_warnings():  # warm-up epochs have no DALE statistics: NaN, without a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = {k: float(np.nanmean(outputs[k])) for k in DALE_STATS}
+            if self.is_ddp:
+                gathered: list[Any] = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, means)
+                means = {k: float(np.nanmean([g[k] for g in gathered])) for k in DALE_STATS}
         for key, value in means.items():
             self.logger.log(key, value, self.current_epoch)
         self.print_to_log_file("DALE " + ", ".join(f"{DALE_STATS[k]} {np.round(v, 4)}" for k, v in means.items()))

@@ -54,8 +54,8 @@ def test_one_dale_step_changes_parameters_and_logs_statistics(dataset_2d, batch)
     trainer.logger.log("dice_per_class_or_region", [0.5], 0)
     trainer.logger.log("epoch_end_timestamps", 1.0, 0)
     trainer.logger.plot_progress_png(trainer.output_folder)
-    image = plt.imread(Path(trainer.output_folder) / "progress.png")
-    assert image.shape[0] > 5400  # nnU-Net's three panels are 5400 px high; DALE's panel is appended below
+    assert plt.imread(Path(trainer.output_folder) / "progress.png").shape[0] == 5400  # nnU-Net's own, untouched
+    assert plt.imread(Path(trainer.output_folder) / "progress_dale.png").shape[:2] == (640, 960)  # 12 x 8 in, 80 dpi
     log_text = Path(trainer.log_file).read_text()
     assert "DALE fuzzy fraction" in log_text and "noisy share" in log_text
 
@@ -145,7 +145,7 @@ def reference_step(trainer, batch, learn_omega: bool = True) -> None:
     with trainer.feature_tap.capture() as tap:  # a fresh fuzzy forward at theta_n (Eq. 2)
         out_f = net(data * split.fuzzy)
     confidence = Confidence(omega=omega_star, update=omega_star - 1)
-    l_w = trainer._alignment(features_n, tap.value, target[0], split, confidence).loss
+    l_w = trainer._alignment(features_n, tap.value, trainer._membership(target[0]), split, confidence).loss
     mean_omega = (omega_star * split.fuzzy).sum() / split.fuzzy.sum()
     sgd(loss(out_f, target, weight_pyramid(omega_star * split.fuzzy, target), w_f) + cfg.alpha * mean_omega * l_w)
 

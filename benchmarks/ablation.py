@@ -1,0 +1,176 @@
+"""The validity study: a list of trainers x runs on one dataset, one Table-4-style table in docs/results.md.
+
+    python benchmarks/ablation.py --dataset isic2017 --folds 0 --trainers nnUNetTrainer_bench \\
+        nnUNetTrainerDALE_paper_bench nnUNetTrainerDALE_bench            # screening: one run per variant
+    python benchmarks/ablation.py --dataset isic2017 --folds 0 1 2 --trainers nnUNetTrainer_bench \\
+        nnUNetTrainerDALE_bench                                          # confirmation: three runs
+    python benchmarks/ablation.py --dataset isic2017 --hold-out-seed 1 ...   # a hold-out seed not chosen on
+    python benchmarks/ablation.py --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
+
+Datasets: `isic2017` / `busi` (the subsets in ../shared/data, converted at --max-size px with a seeded 30 % hold-out,
+as benchmarks/real_data.py) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
+evaluated against the clean labels, as benchmarks/noisy_benchmark.py). The first trainer is the baseline. Each
+(trainer, fold) is trained, predicted and evaluated once and reused when the script is run again with the same work
+folder, so a study can be stopped and resumed, and trainers or folds added later. Writes the section
+`<!-- ablation-<dataset>-<px>px[-seed<S>] -->` of docs/results.md (or --results): per trainer the mean ± sd over
+runs of Dice, IoU, HD95, ASD and fuzzy-region Dice, the change against the baseline on the same folds, p over cases
+(per-case means over runs) and over runs (paired by fold), and the training wall time per run.
+Run nothing else meanwhile: two trainings on 2 cores slow each other many times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
+from report import provenance, write_section
+
+from nnunet_dale.compare import compare, format_p
+from nnunet_dale.demo import Demo, DemoSettings
+from nnunet_dale.holdout import check_hold_out
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("Dice", "IoU", "HD95", "ASD", "Dice_fuzzy")
+LOWER_IS_BETTER = ("HD95", "ASD")
+
+
+def make_study(args: argparse.Namespace) -> Demo:
+    """The dataset's pipeline (RealDataBenchmark or the built-in benchmark's Demo), its trainers from --trainers."""
+    baseline, *others = args.trainers
+    if args.dataset == "benchmark":
+        settings = DemoSettings(
+            dataset_id=992, num_train=50, num_test=20, seed=args.seed, baseline=baseline, dale=others[0]
+        )
+        return Demo(args.output, settings)
+    source = SHARED_DATA / DATASETS[args.dataset][0]
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist (see ../shared/data/README.md)")
+    data = RealData(args.dataset, source, args.max_size, 0.3, args.hold_out_seed)
+    return RealDataBenchmark(args.output, data, DemoSettings(baseline=baseline, dale=others[0]))
+
+
+def training_minutes(study: Demo, trainer: str, fold: int) -> float:
+    """Wall time of a finished training (first epoch start to last epoch end, from nnU-Net's checkpoint log)."""
+    checkpoint = study._result_folder(trainer, fold) / "checkpoint_final.pth"
+    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return (log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][0]) / 60
+
+
+def _runs_mean_sd(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else math.nan
+    digits = 2 if mean >= 10 else 3
+    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
+def table_row(trainer: str, folds: list[int], comparison: dict | None, minutes: list[float], baseline: str) -> str:
+    """One row: mean ± sd over runs per metric, Dice/HD95 change vs the baseline and their p values, wall time."""
+    label = comparison["labels"][0]
+    stats = comparison["stats"][label][trainer if trainer in comparison["stats"][label] else baseline]
+    cells = [f"`{trainer}`", ", ".join(map(str, folds))]
+    cells += [_runs_mean_sd(stats[m]["run_means"]) for m in METRICS]
+    if trainer == baseline:
+        cells += ["—"] * 4
+    else:
+        c = comparison["comparisons"][label][trainer]
+        base = comparison["stats"][label][baseline]
+        dice = 100 * (stats["Dice"]["mean"] - base["Dice"]["mean"])
+        cells.append(f"{dice:+.1f}")
+        cells.append(f"{format_p(c['Dice']['p_cases'])} / {format_p(c['Dice']['p_runs'])}")
+        cells.append(f"{100 * c['HD95']['rel_change']:+.0f} %")
+        worse = [
+            m
+            for m in METRICS
+            if (c[m]["p_runs"] or 1) < 0.05
+            and ((c[m]["rel_change"] or 0) > 0 if m in LOWER_IS_BETTER else (c[m]["rel_change"] or 0) < 0)
+        ]
+        cells.append(", ".join(worse) or "none")
+    cells.append(f"{statistics.median(minutes):.1f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| trainer | folds | Dice | IoU | HD95 ↓ (px) | ASD ↓ (px) | fuzzy Dice | Δ Dice (points) | p Dice (cases / runs) "
+    "| Δ HD95 | significantly worse (p runs < 0.05) | train min/run |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=[*sorted(DATASETS), "benchmark"], default="isic2017")
+    parser.add_argument("--trainers", nargs="+", required=True, help="the baseline first, then the variants")
+    parser.add_argument("--screen", nargs="*", default=[], help="more variants, trained on the first fold only")
+    parser.add_argument("--folds", type=int, nargs="+", choices=range(5), default=[0])
+    parser.add_argument("--max-size", type=int, default=64, help="longer image side in px (real datasets)")
+    parser.add_argument("--hold-out-seed", type=int, default=0, help="seed of the 30 %% hold-out (real datasets)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed of the built-in benchmark")
+    parser.add_argument("-o", "--output", help="work folder, reused when re-run (default dale_ablation_<key>)")
+    parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    parser.add_argument("--title", default="", help="what this table is for (screening, confirmation, ...)")
+    args = parser.parse_args(argv)
+    if len(args.trainers) < 2:
+        parser.error("--trainers needs the baseline and at least one variant")
+    if args.dataset == "benchmark":
+        args.key, args.max_size = f"ablation-benchmark-seed{args.seed}", 64
+    else:
+        check_hold_out(0.3, args.hold_out_seed)
+        args.key = f"ablation-{args.dataset}-{args.max_size}px-seed{args.hold_out_seed}"
+    args.output = Path(args.output or f"dale_{args.key.replace('-', '_')}")
+    return args
+
+
+def run(args: argparse.Namespace) -> str:
+    start = time.perf_counter()
+    study = make_study(args)
+    study.env.update({"nnUNet_compile": "false"})
+    study.prepare()
+    baseline = args.trainers[0]
+    evaluations: dict[str, dict[int, Path]] = {t: {} for t in args.trainers}
+    for fold in args.folds:  # fold by fold: a stopped study has whole folds to compare
+        for trainer in args.trainers:
+            evaluations[trainer][fold] = study.train_predict_evaluate(trainer, fold)
+    for trainer in args.screen:
+        evaluations[trainer] = {args.folds[0]: study.train_predict_evaluate(trainer, args.folds[0])}
+    rows = []
+    for trainer in [*args.trainers, *args.screen]:
+        folds = sorted(evaluations[trainer])
+        other = trainer if trainer != baseline else args.trainers[1]
+        runs = {baseline: [evaluations[baseline][f] for f in folds], other: [evaluations[other][f] for f in folds]}
+        comparison = compare(runs, study.out / "ablation" / other, num_examples=0)
+        minutes = [training_minutes(study, trainer, f) for f in folds]
+        rows.append(table_row(trainer, folds, comparison, minutes, baseline))
+    hours = (time.perf_counter() - start) / 3600
+    data = study.describe_data() if hasattr(study, "describe_data") else "built-in benchmark, 50 / 20 cases, 64 px"
+    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    text = "\n".join(
+        [
+            f"## Ablation: {args.key.removeprefix('ablation-')}" + (f" — {args.title}" if args.title else ""),
+            "",
+            f"Command: {provenance(command, hours)} (steps reused from earlier invocations are not counted). "
+            f"Data: {data}. Baseline: `{baseline}`. Metric cells: mean ± sd over the runs (folds) of each run's "
+            "mean over the test cases. Δ Dice and p against the baseline on the same folds: p (cases) is a paired "
+            "t-test over the test cases' means over runs, p (runs) over run means paired by fold (n/a for one run).",
+            "",
+            HEADER,
+            *rows,
+        ]
+    )
+    write_section(Path(args.results), args.key, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(run(args), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
