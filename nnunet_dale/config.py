@@ -195,6 +195,8 @@ def load_config(
                 f"{', '.join(sorted(known))} and {', '.join(CONTROL_VARIABLES)}"
             )
         changes[known[key]] = _coerce(known[key], environ[key])
+    if "patch_size" in changes and "split_patches" not in changes:  # a patch size set here wins over the class's
+        changes["split_patches"] = 0  # rule of patches per side
     return base.replace(**changes)
 
 

@@ -41,7 +41,7 @@ from nnunet_dale.confidence import (
     learn_confidence,
     normalised_hypergradient,
 )
-from nnunet_dale.config import DALEConfig, DALEConfigError, load_config, resolve_patch_size
+from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size
 from nnunet_dale.progress import DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE, weight_pyramid
@@ -92,10 +92,11 @@ class FeatureTap:
 
 
 class nnUNetTrainerDALE(nnUNetTrainer):
-    """DALE (Fang et al., CVPR 2025) inside nnU-Net v2. Variants set `dale_defaults`; users override them with
-    ``NNUNET_DALE_CONFIG`` (a JSON file) or ``NNUNET_DALE_<FIELD>`` environment variables."""
+    """DALE (Fang et al., CVPR 2025) inside nnU-Net v2, in the configuration the validity study chose
+    (`config.SHIPPED`; the paper's literal reading is `nnUNetTrainerDALE_paper`). Variants set `dale_defaults`; users
+    override them with ``NNUNET_DALE_CONFIG`` (a JSON file) or ``NNUNET_DALE_<FIELD>`` environment variables."""
 
-    dale_defaults: dict[str, Any] = {}
+    dale_defaults: dict[str, Any] = dict(SHIPPED)
 
     def __init__(
         self,

@@ -77,46 +77,47 @@ class nnUNetTrainerDALE_warmup(nnUNetTrainerDALE):
 
 
 class nnUNetTrainerDALE_allFixes(nnUNetTrainerDALE):
-    """Every fix above together (config.SHIPPED)."""
+    """Every fix above together (config.SHIPPED): the study's name of nnUNetTrainerDALE's configuration."""
 
     dale_defaults = dict(SHIPPED)
 
 
-# --- ablations (Table 4)
+# --- ablations (Table 4) of the shipped configuration
 class nnUNetTrainerDALE_AEonly(nnUNetTrainerDALE):
     """Fuzzy regions from average entropy only (no edge ratio)."""
 
-    dale_defaults = {"use_edges": False}
+    dale_defaults = {**SHIPPED, "use_edges": False}
 
 
 class nnUNetTrainerDALE_ERonly(nnUNetTrainerDALE):
     """Fuzzy regions from the label edge ratio only (no entropy)."""
 
-    dale_defaults = {"use_entropy": False}
+    dale_defaults = {**SHIPPED, "use_entropy": False}
 
 
 class nnUNetTrainerDALE_noOmega(nnUNetTrainerDALE):
     """No label-confidence learning: omega = 1 and every fuzzy voxel counts as clean for L_W."""
 
-    dale_defaults = {"use_omega": False}
+    dale_defaults = {**SHIPPED, "use_omega": False}
 
 
 class nnUNetTrainerDALE_noLW(nnUNetTrainerDALE):
     """No distribution alignment (alpha is ignored)."""
 
-    dale_defaults = {"use_alignment": False}
+    dale_defaults = {**SHIPPED, "use_alignment": False}
 
 
 class nnUNetTrainerDALE_bottleneck(nnUNetTrainerDALE):
     """L_W on the encoder bottleneck instead of the features before the segmentation head."""
 
-    dale_defaults = {"feature_site": "bottleneck"}
+    dale_defaults = {**SHIPPED, "feature_site": "bottleneck"}
 
 
 class nnUNetTrainerDALE_fast(nnUNetTrainerDALE):
-    """Fast mode: first-order omega (non-fuzzy step's gradient, finite-difference tangent); see docs/method.md."""
+    """Fast mode: first-order omega (non-fuzzy step's gradient, finite-difference tangent); see docs/method.md. It
+    looks along the non-fuzzy step's own gradient, so it keeps the two alternating steps."""
 
-    dale_defaults = {"omega_mode": "fast"}
+    dale_defaults = {**SHIPPED, "single_update": False, "omega_mode": "fast"}
 
 
 # --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)

@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
-from nnunet_dale.trainer import nnUNetTrainerDALE
+from nnunet_dale.variants import nnUNetTrainerDALE_paper
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
 from conftest import build, copy_batch
@@ -60,7 +60,7 @@ def build_with(env: dict, dataset_id: int, state: dict):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        trainer = build(nnUNetTrainerDALE, dataset_id)
+        trainer = build(nnUNetTrainerDALE_paper, dataset_id)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -165,7 +165,7 @@ def ddp_run(dataset_2d, four_images, tmp_path_factory) -> dict:
     """Runs the two processes once; returns each rank's recorded results and the shared inputs."""
     folder = tmp_path_factory.mktemp("ddp")
     torch.manual_seed(0)
-    state = {k: v.clone() for k, v in build(nnUNetTrainerDALE, dataset_2d).network.state_dict().items()}
+    state = {k: v.clone() for k, v in build(nnUNetTrainerDALE_paper, dataset_2d).network.state_dict().items()}
     torch.save({"state": state, "batch": four_images}, folder / "inputs.pt")
     context = mp.start_processes(
         _worker, args=(str(folder), free_port(), dataset_2d), nprocs=WORLD, join=False, start_method="spawn"

@@ -20,6 +20,7 @@ from PIL import Image
 
 from nnunet_dale.alignment import class_membership
 from nnunet_dale.trainer import nnUNetTrainerDALE
+from nnunet_dale.variants import nnUNetTrainerDALE_paper
 from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE
 
 from conftest import build, copy_batch, plan_and_preprocess, single_process_loader
@@ -77,7 +78,7 @@ def setup(request, nnunet_dirs):
     plan_and_preprocess(dataset_id)
     torch.manual_seed(0)
     np.random.seed(0)
-    trainer = build(nnUNetTrainerDALE, dataset_id)
+    trainer = build(nnUNetTrainerDALE_paper, dataset_id)
     return kind, trainer, next(single_process_loader(trainer))
 
 
@@ -127,6 +128,20 @@ def test_two_dale_steps_stay_finite(setup):
     params = dict(trainer.network.named_parameters())
     assert all(torch.isfinite(p).all() for p in params.values())
     assert sum(not torch.equal(p, before[n]) for n, p in params.items()) > len(params) // 2
+
+
+def test_shipped_steps_stay_finite_and_move_omega_within_each_class(setup):
+    """The shipped configuration (single update, normalised omega, running L_W targets) on labels, regions and an
+    ignore label: finite statistics, omega moved, and its class means near 1 (omega re-weights within a class)."""
+    kind, paper_trainer, batch = setup
+    trainer = build(nnUNetTrainerDALE, int(paper_trainer.plans_manager.dataset_name[7:10]))
+    trainer.current_epoch = 999  # past the warm-up
+    outputs = [trainer.train_step(copy_batch(batch)) for _ in range(2)]
+    for out in outputs:
+        assert all(np.isfinite(v) for k, v in out.items() if k != "dale_grad_norm_f"), out
+        assert out["dale_omega_moved"] > 0.5
+        assert abs(out["dale_omega_fg"] - 1) < 0.05 and abs(out["dale_omega_bg"] - 1) < 0.05
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
 
 
 def test_ignored_voxels_have_zero_weight(setup):

@@ -16,14 +16,14 @@ from nnunet_dale.config import DALEConfigError
 from nnunet_dale.progress import DALE_STATS
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
-from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega
+from nnunet_dale.variants import nnUNetTrainerDALE_noLW, nnUNetTrainerDALE_noOmega, nnUNetTrainerDALE_paper
 from nnunet_dale.weighted_loss import weight_pyramid
 
 from conftest import build, copy_batch
 
 
 def test_one_dale_step_changes_parameters_and_logs_statistics(dataset_2d, batch):
-    trainer = build(nnUNetTrainerDALE, dataset_2d)
+    trainer = build(nnUNetTrainerDALE_paper, dataset_2d)
     before = {n: p.detach().clone() for n, p in trainer.network.named_parameters()}
     outputs = [trainer.train_step(copy_batch(batch)) for _ in range(2)]
     for out in outputs:
@@ -66,7 +66,7 @@ def fuzzy_step_gradients(dataset_id, batch, alpha, site):
     os.environ["NNUNET_DALE_FEATURE_SITE"] = site
     try:
         torch.manual_seed(0)
-        trainer = build(nnUNetTrainerDALE, dataset_id)
+        trainer = build(nnUNetTrainerDALE_paper, dataset_id)
     finally:
         del os.environ["NNUNET_DALE_ALPHA"], os.environ["NNUNET_DALE_FEATURE_SITE"]
     grads = []
@@ -100,11 +100,13 @@ def test_alignment_gradient_reaches_the_network_through_the_feature_path(dataset
 
 def test_ablation_variants(dataset_2d, batch):
     no_omega = build(nnUNetTrainerDALE_noOmega, dataset_2d)
+    no_omega.current_epoch = 999  # past the shipped configuration's warm-up
     out = no_omega.train_step(copy_batch(batch))
     assert out["dale_mean_omega"] == pytest.approx(1.0) and out["dale_noisy_share"] == 0
     assert out["dale_l_w"] > 0
     no_lw = build(nnUNetTrainerDALE_noLW, dataset_2d)
     assert no_lw.feature_tap is None
+    no_lw.current_epoch = 999
     out = no_lw.train_step(copy_batch(batch))
     assert out["dale_l_w"] == 0 and out["dale_mean_omega"] != pytest.approx(1.0)
 
@@ -155,7 +157,7 @@ def test_exact_step_equals_a_slow_unshared_reference(dataset_2d, batch):
     reference (separate forwards, double backward), in float64; the same reference with omega = 1 does not."""
     batch64 = {"data": batch["data"].double(), "target": [t.double() for t in batch["target"]]}
     torch.manual_seed(0)
-    trainers = [build(nnUNetTrainerDALE, dataset_2d) for _ in range(3)]
+    trainers = [build(nnUNetTrainerDALE_paper, dataset_2d) for _ in range(3)]
     for t in trainers:
         t.network.double()
         t.network.load_state_dict(trainers[0].network.state_dict())
@@ -197,7 +199,8 @@ def test_config_recorded_in_checkpoint_and_debug_json_and_checked_on_resume(data
     trainer = build(nnUNetTrainerDALE, dataset_2d)
     trainer._save_debug_information()
     debug = json.loads((Path(trainer.output_folder) / "debug.json").read_text())
-    assert "tau=0.9" in debug["dale_config"] and debug["dale_patch_size"] == "(16, 16)"
+    # the shipped split: 16 patches per side of the 64 x 64 network patch
+    assert "tau=0.9" in debug["dale_config"] and debug["dale_patch_size"] == "(4, 4)"
     checkpoint = Path(trainer.output_folder) / "checkpoint_test.pth"
     trainer.save_checkpoint(str(checkpoint))
     saved = torch.load(checkpoint, weights_only=False)["logging"]["_dale_config"]

@@ -318,3 +318,10 @@ def test_control_variables_and_valid_values_still_load(tmp_path):
     environ = {"NNUNET_DALE_ALLOW_CONFIG_CHANGE": "1", "NNUNET_DALE_PATCH_SIZE": "8,8", "NNUNET_DALE_ALPHA": "0.1"}
     cfg = load_config(environ=environ)
     assert cfg.patch_size == (8, 8) and cfg.alpha == 0.1
+
+
+def test_a_configured_patch_size_wins_over_the_shipped_patches_per_side():
+    cfg = load_config(SHIPPED, environ={"NNUNET_DALE_PATCH_SIZE": "8,8"})
+    assert cfg.patch_size == (8, 8) and cfg.split_patches == 0
+    with pytest.raises(DALEConfigError, match="split_patches/patch_size"):
+        load_config(SHIPPED, environ={"NNUNET_DALE_PATCH_SIZE": "8,8", "NNUNET_DALE_SPLIT_PATCHES": "4"})
