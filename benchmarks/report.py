@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nnunet_dale.evaluation import atomic_write
+from nnunet_dale.files import atomic_write
 
 
 def provenance(command: str, hours: float) -> str:

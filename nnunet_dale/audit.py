@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from scipy import ndimage
 
 from nnunet_dale.confidence import functional_forward, learn_confidence
 from nnunet_dale.config import DALEConfig, resolve_patch_size
-from nnunet_dale.evaluation import atomic_write, dice, json_safe
+from nnunet_dale.evaluation import dice, json_safe
+from nnunet_dale.files import atomic_write, staging_dir
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE
 
@@ -776,14 +776,14 @@ def audit(
     out.mkdir(parents=True, exist_ok=True)
     rows = rank_rows(audits)
     ranked = sorted(audits, key=_rank_key)
-    staging = Path(tempfile.mkdtemp(prefix=".top.", suffix=".tmp", dir=out))
+    staging = staging_dir(out, ".top.", ".tmp")
     try:
         for rank, case_audit in enumerate(ranked[: settings.top], 1):
             (staging / f"{rank:02d}_{case_audit.case}.png").write_bytes(
                 overlay_png(case_audit, rank, settings.threshold)
             )
         if (out / "top").exists():
-            old = Path(tempfile.mkdtemp(prefix=".top.", suffix=".old", dir=out))
+            old = staging_dir(out, ".top.", ".old")
             (out / "top").rename(old / "top")
             staging.rename(out / "top")
             shutil.rmtree(old, ignore_errors=True)

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from nnunet_dale.evaluation import dice
+from nnunet_dale.files import staging_dir
 
 GENERATOR_VERSION = 1
 REFERENCE_SIZE = 64
@@ -602,11 +602,11 @@ def make_benchmark(
         )
 
     raw_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=raw_root))
+    staging = staging_dir(raw_root, f".{folder.name}.", ".tmp")
     try:
         _write_dataset(staging, params)
         if folder.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=raw_root))
+            trash = staging_dir(raw_root, f".{folder.name}.", ".old")
             folder.rename(trash / folder.name)
             staging.rename(folder)
             shutil.rmtree(trash, ignore_errors=True)

@@ -154,7 +154,8 @@ def _progress(verb: str):
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from nnunet_dale.audit import audit, audit_quality, clean_labels_folder
-    from nnunet_dale.evaluation import atomic_write, json_safe
+    from nnunet_dale.evaluation import json_safe
+    from nnunet_dale.files import atomic_write
 
     settings = _omega_settings(args, band=args.band, threshold=args.threshold, top=args.top)
     csv_path = audit(

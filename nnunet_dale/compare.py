@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_dale.evaluation import atomic_write, json_safe
+from nnunet_dale.evaluation import json_safe
+from nnunet_dale.files import atomic_write
 
 DEFAULT_METRICS = ("Dice", "IoU", "HD95", "ASD", "Dice_fuzzy")
 LOWER_IS_BETTER = ("HD95", "ASD")

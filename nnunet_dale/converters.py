@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from nnunet_dale.files import staging_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LOSSY_SUFFIXES = (".jpg", ".jpeg")
@@ -843,7 +844,7 @@ def convert(
                 f"know which dataset {dataset_id} is; remove that folder or choose another id"
             )
 
-    work = Path(tempfile.mkdtemp(prefix=f".tmp_{folder_name}_", dir=raw_root))
+    work = staging_dir(raw_root, f".tmp_{folder_name}_")
     try:
         tree = SourceTree(source, work / "extracted")
         collected = converter.collect(tree)
@@ -938,7 +939,7 @@ def add_test_set(
     if present and not overwrite:
         raise ConversionError(f"{present[0]} exists: choose another set name or pass overwrite=True (--overwrite)")
 
-    work = Path(tempfile.mkdtemp(prefix=f".tmp_{target.name}_{key}_", dir=raw_root))
+    work = staging_dir(raw_root, f".tmp_{target.name}_{key}_")
     try:
         tree = SourceTree(source, work / "extracted")
         collected = converter.collect(tree)

@@ -20,8 +20,6 @@ import csv
 import json
 import math
 import multiprocessing
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from scipy import ndimage
 
 from nnunet_dale.config import default_patch_size
+from nnunet_dale.files import atomic_write
 from nnunet_dale.split import fuzzy_split, patch_grid
 
 METRICS = ("Dice", "IoU", "HD95", "ASD")
@@ -258,19 +257,6 @@ def json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """Call write(f) on a temporary file beside `path`, then os.replace it: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _summarise(cases: list[dict], labels: Sequence[int], metric_names: Sequence[str]) -> dict:

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from nnunet_dale.converters import (
     remove,
     swap_into_place,
 )
+from nnunet_dale.files import staging_dir
 
 HOLD_OUT_KEY = "hold_out"  # the record in dataset.json
 TEST_SPLIT = ("imagesTs", "labelsTs")
@@ -273,7 +273,7 @@ def hold_out_test_set(
         )
     _, cases = _read_dataset(folder)
     held_out_count(len(cases), fraction)  # the usual errors before anything is linked
-    work = Path(tempfile.mkdtemp(prefix=f".tmp_{folder.name}_holdout_", dir=folder.parent))
+    work = staging_dir(folder.parent, f".tmp_{folder.name}_holdout_")
     try:
         new = work / folder.name
         shutil.copytree(folder, new, copy_function=_link_or_copy)

@@ -40,7 +40,8 @@ from nnunet_dale.audit import (
     open_model,
     preprocessed_dataset,
 )
-from nnunet_dale.evaluation import atomic_write, read_segmentation
+from nnunet_dale.evaluation import read_segmentation
+from nnunet_dale.files import atomic_write
 
 
 @dataclass(frozen=True)
