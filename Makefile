@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 $(BIN)/nnunet-dale: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,dev]"
 	touch $@
 
 .PHONY: demo test test-fast lint

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnunet_dale import trainers_path
+from nnunet_dale import __version__, trainers_path
 from nnunet_dale.config import DALEConfigError
 from nnunet_dale.demo import DemoError
 
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnunet-dale", description="DALE (Minding Fuzzy Regions, CVPR 2025) for nnU-Net v2."
     )
+    parser.add_argument("--version", action="version", version=f"nnunet-dale {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("trainers-path", help="print the folder to set as nnUNet_extTrainer")
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-benchmark", help="write the built-in noisy-label lesion dataset (nnU-Net raw format)")
     p.add_argument("--raw", help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--id", type=int, default=990, help="dataset id (default 990)")
+    p.add_argument("-d", "--id", type=int, default=990, help="dataset id (default 990)")
     p.add_argument("--name", default="DALEBench")
     p.add_argument("--train", type=int, default=40, help="training cases (noisy labels)")
     p.add_argument("--test", type=int, default=20, help="test cases (clean labels in labelsTs)")
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="public dataset (official layout or .zip) -> nnU-Net raw dataset")
     p.add_argument("dataset", choices=["isic2016", "isic2017", "ph2", "kvasir", "polyp", "mosmed", "busi"])
     p.add_argument("source", help="the dataset's folder as downloaded (or its .zip)")
-    p.add_argument("--id", type=int, required=True, help="nnU-Net dataset id")
+    p.add_argument("-d", "--id", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("--max-size", type=int, help="downsample: longer side at most PX")
     p.add_argument("--name", help="dataset name (default e.g. ISIC2017); with --add-test-set: the test set name")
     p.add_argument("--overwrite", action="store_true")

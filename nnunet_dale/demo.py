@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,6 +41,17 @@ class DemoSettings:
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and its log file."""
+
+
+def nnunet_command(name: str) -> str:
+    """nnU-Net's console script `name`: beside this Python (its venv) first, else on PATH, else a DemoError."""
+    beside = BIN / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise DemoError(f"nnU-Net's command {name} is neither beside {sys.executable} nor on PATH: install nnunetv2")
+    return found
 
 
 class Demo:
@@ -171,8 +183,9 @@ class Demo:
     def _call(self, name: str, cmd: list[str]) -> None:
         """Run a command, showing its output live and keeping it in logs/<name>.log."""
         log = self.logs / f"{name}.log"
+        program = nnunet_command(cmd[0])
         with open(log, "w") as f, subprocess.Popen(
-            [str(BIN / cmd[0]), *cmd[1:]], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [program, *cmd[1:]], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:  # fmt: skip
             for line in proc.stdout:
                 f.write(line)

@@ -36,3 +36,27 @@ def test_a_generated_dataset_folder_is_readable_by_others_under_umask_022(tmp_pa
         os.umask(previous)
     assert mode(folder) == 0o755
     assert mode(folder / "dataset.json") == 0o644
+
+
+def test_nnunet_commands_are_found_beside_python_or_on_path(tmp_path, monkeypatch):
+    from nnunet_dale import demo
+
+    monkeypatch.setattr(demo, "BIN", tmp_path / "no-venv")  # a Python whose folder has no nnU-Net scripts
+    tool = tmp_path / "bin" / "nnUNetv2_train"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tool.parent))
+    assert demo.nnunet_command("nnUNetv2_train") == str(tool)
+    with pytest.raises(demo.DemoError, match="nnUNetv2_predict is neither beside .* nor on PATH"):
+        demo.nnunet_command("nnUNetv2_predict")
+
+
+def test_cli_version_and_the_d_alias(capsys):
+    from nnunet_dale import __version__
+    from nnunet_dale.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"nnunet-dale {__version__}"
+    assert build_parser().parse_args(["convert", "isic2017", "SRC", "-d", "5"]).id == 5
