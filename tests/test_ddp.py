@@ -15,6 +15,7 @@ What the maths says holds, and is tested (see docs/robustness.md):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -28,6 +29,7 @@ import torch.multiprocessing as mp
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
+from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import nnUNetTrainerDALE_paper
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.slow  # two extra processes building nnU-Net trainers: 
 WORLD = 2
 PER_RANK = 2
 PLAIN = {"NNUNET_DALE_USE_OMEGA": "0", "NNUNET_DALE_ALPHA": "0"}  # omega and alignment off
-CONFIGS = {"default": {}, "plain": PLAIN}
+CONFIGS = {"default": {}, "plain": PLAIN, "shipped": {}}  # shipped: nnUNetTrainerDALE, the others _paper
 TIMEOUT = 300  # seconds for the whole two-process run; a collective waits at most 90 s
 
 
@@ -56,11 +58,11 @@ def part(batch: dict, index, dtype: torch.dtype = torch.float32) -> dict:
     return {"data": batch["data"][index].to(dtype, copy=True), "target": [t[index].clone() for t in batch["target"]]}
 
 
-def build_with(env: dict, dataset_id: int, state: dict):
+def build_with(env: dict, dataset_id: int, state: dict, cls=nnUNetTrainerDALE_paper):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        trainer = build(nnUNetTrainerDALE_paper, dataset_id)
+        trainer = build(cls, dataset_id)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -99,7 +101,11 @@ def _worker(rank: int, folder: str, port: int, dataset_id: int) -> None:
     torch.set_num_threads(1)
     folder = Path(folder)
     inputs = torch.load(folder / "inputs.pt", weights_only=False)
-    trainers = {name: build_with(env, dataset_id, inputs["state"]) for name, env in CONFIGS.items()}  # before init
+    classes = {"shipped": nnUNetTrainerDALE}
+    trainers = {
+        name: build_with(env, dataset_id, inputs["state"], classes.get(name, nnUNetTrainerDALE_paper))
+        for name, env in CONFIGS.items()
+    }  # before init
     trainers["plain"].network.double()  # float64: the equivalence below is then exact to ~1e-12, not float32 noise
     if Path("/sys/class/net/lo").exists():
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -139,6 +145,13 @@ def _worker(rank: int, folder: str, port: int, dataset_id: int) -> None:
             "outputs": outputs,
             "fallbacks": dict(trainer.dale_fallbacks),
         }
+
+        trainer = trainers["shipped"]  # the single update under DDP, then a step where rank 1 has nothing fuzzy
+        trainer.current_epoch = 999  # past the warm-up
+        start = flat_parameters(trainer)
+        b = part(inputs["batch"], mine)
+        outputs = [trainer.train_step(copy_batch(b)), trainer.train_step(nothing_fuzzy(b) if rank == 1 else b)]
+        results["shipped"] = {"start": start, "ranks": gathered(trainer), "outputs": outputs}
     except Exception as e:  # recorded for the tests (a desynchronised collective ends in gloo's timeout)
         results["error"] = f"{type(e).__name__}: {e}"
         raise
@@ -258,6 +271,16 @@ def test_ddp_step_equals_single_process_rank_average(ddp_run, dataset_2d, four_i
 
     assert relative(formula) < 1e-9, relative(formula)  # float64 round-off (measured ~1e-14)
     assert relative(naive) > 1e-3, relative(naive)  # measured ~4e-2: per-rank CE normalisers differ
+
+
+def test_ddp_shipped_single_update_keeps_ranks_identical(ddp_run):
+    results = results_of(ddp_run, "shipped")
+    for res in results:
+        assert torch.equal(res["ranks"][0], res["ranks"][1])  # one update, the same on both ranks
+        assert torch.isfinite(res["ranks"][0]).all()
+        assert not torch.equal(res["ranks"][0], res["start"])
+    assert results[1]["outputs"][1]["dale_fuzzy_fraction"] == 0 < results[0]["outputs"][1]["dale_fuzzy_fraction"]
+    assert all(math.isfinite(o["dale_omega_moved"]) for res in results for o in res["outputs"])
 
 
 def test_ddp_rank_without_fuzzy_region_stays_in_step(ddp_run):
