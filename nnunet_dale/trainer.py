@@ -183,14 +183,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 output_n = self.network(x_n)
                 loss_n = self.dale_loss(output_n, target, nonfuzzy_weights)
             features_n = tap_n.value
-            gradient_n = None
-            if cfg.single_update:
-                pass  # theta_n = theta: the non-fuzzy loss joins the fuzzy one in a single update (line 14)
-            elif nonfuzzy_mass > 0:
+            gradient_n = None  # single update: theta_n = theta, L_n joins L_f in the one update of line 14
+            if not cfg.single_update and nonfuzzy_mass > 0:
                 keep = cfg.use_omega and cfg.omega_mode == "fast"
                 gradient_n = self._optimizer_step(loss_n, "nonfuzzy", keep_gradient=keep)
-            else:  # everything fuzzy: no reliable region to step on
-                gradient_n = self._fallback("no non-fuzzy region: non-fuzzy step skipped")
+            elif not cfg.single_update:  # everything fuzzy: no reliable region to step on
+                self._fallback("no non-fuzzy region: non-fuzzy step skipped")
         if fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
             self._fallback("no fuzzy region: omega and fuzzy step skipped")
             if cfg.single_update:
@@ -214,14 +212,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         def nonfuzzy_loss(output):
             return self.dale_loss(output, target, nonfuzzy_weights)
 
-        transform = None
-        if cfg.omega_normalise:
-            partition = membership if not self.label_manager.has_regions else self._bg_fg(membership)
-
-            def transform(g):
-                return normalised_hypergradient(g, split.fuzzy, partition)
-
         with self._phase("omega"):
+            transform = self._omega_transform(split, membership)
             confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
@@ -251,6 +243,13 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         return fuzzy_split(
             data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
         )
+
+    def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor):
+        """omega_normalise: the hypergradient centred per class and RMS-scaled over the fuzzy voxels (else None)."""
+        if not self.dale_config.omega_normalise:
+            return None
+        partition = self._bg_fg(membership) if self.label_manager.has_regions else membership
+        return lambda g: normalised_hypergradient(g, split.fuzzy, partition)
 
     def _membership(self, full_target: torch.Tensor) -> torch.Tensor:
         lm = self.label_manager
