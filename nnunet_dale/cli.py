@@ -52,12 +52,25 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_folders_of(args: argparse.Namespace) -> tuple[Path, Path]:
+    """PRED and REF from the positionals or -pred/-ref; mixing them, or giving one twice, is an error."""
+    named = args.pred_flag is not None or args.ref_flag is not None
+    positional = [d for d in (args.pred_dir, args.ref_dir) if d is not None]
+    if named and positional:
+        raise ValueError("give PRED REF as positionals or as -pred/-ref, not both")
+    pred, ref = (args.pred_flag, args.ref_flag) if named else (args.pred_dir, args.ref_dir)
+    if pred is None or ref is None:
+        raise ValueError("both folders are needed: PRED REF, or -pred and -ref")
+    return Path(pred), Path(ref)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnunet_dale.evaluation import evaluate_folders
 
+    pred_dir, ref_dir = _evaluate_folders_of(args)
     summary = evaluate_folders(
-        Path(args.pred_dir),
-        Path(args.ref_dir),
+        pred_dir,
+        ref_dir,
         Path(args.output),
         labels=args.labels,
         file_ending=args.file_ending,
@@ -224,9 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", help="also write a PNG of example cases (image, clean, noisy label, difference)")
     p.set_defaults(func=_cmd_make_benchmark)
 
-    p = sub.add_parser("evaluate", help="Dice, IoU, HD95, ASD and fuzzy-region Dice of a prediction folder")
-    p.add_argument("pred_dir")
-    p.add_argument("ref_dir")
+    p = sub.add_parser(
+        "evaluate",
+        help="Dice, IoU, HD95, ASD and fuzzy-region Dice of a prediction folder",
+        description="Positional order PRED REF is the reverse of nnUNetv2_evaluate_folder's GT PRED: name them with "
+        "-pred/-ref to be sure.",
+    )
+    p.add_argument("pred_dir", nargs="?", help="folder of predicted segmentations (or -pred)")
+    p.add_argument("ref_dir", nargs="?", help="folder of reference segmentations, same file names (or -ref)")
+    p.add_argument("-pred", dest="pred_flag", metavar="PRED", help="predictions, named as nnU-Net names them")
+    p.add_argument("-ref", "-gt", dest="ref_flag", metavar="REF", help="references (nnU-Net's GT folder)")
     p.add_argument("-o", "--output", required=True, help="folder for summary.json and per_case.csv")
     p.add_argument("--labels", type=int, nargs="+", help="labels to evaluate (default: all in the references)")
     p.add_argument("--file-ending", help="e.g. .png or .nii.gz (default: guessed)")

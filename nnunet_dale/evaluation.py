@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import multiprocessing
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+from tqdm import tqdm
 
 from nnunet_dale.config import default_patch_size
 from nnunet_dale.files import atomic_write
@@ -225,6 +227,9 @@ def read_segmentation(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]
     return seg.astype(np.int32, copy=False), spacing
 
 
+LABELS_SEEN = "_label_values"  # a case's label values in prediction or reference; dropped before the summary
+
+
 def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequence[int], fuzzy: bool) -> dict:
     reader = reader_class()
     ref, spacing = read_segmentation(reader, ref_file)
@@ -237,6 +242,7 @@ def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequen
             "using the reference's",
             stacklevel=2,
         )
+    check_label_values(pred, ref, labels, pred_file)
     fuzzy_mask = reference_fuzzy_mask(ref, spacing) if fuzzy else None
     metrics = case_metrics(pred, ref, labels, spacing, fuzzy_mask)
     return {
@@ -244,7 +250,21 @@ def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequen
         "reference_file": str(ref_file),
         "spacing": list(spacing),
         "metrics": {str(k): v for k, v in metrics.items()},
+        LABELS_SEEN: sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref))),
     }
+
+
+def check_label_values(pred, ref, labels, pred_file: Path) -> None:
+    """A prediction may hold 0, the evaluated labels and its reference's own labels; anything else (a 0/255 mask, a
+    swapped or foreign folder) is a ValueError naming the file, instead of a silent Dice of 0."""
+    allowed = {0, *(int(v) for v in labels)} | {int(v) for v in np.unique(ref)}
+    stray = sorted({int(v) for v in np.unique(pred)} - allowed)
+    if stray:
+        raise ValueError(
+            f"prediction {pred_file} holds label values {stray} that are neither background (0), an evaluated label "
+            f"{sorted(int(v) for v in labels)} nor in its reference: is it a 0/255 mask or the wrong folder? "
+            "Predictions and references must hold the dataset's integer labels"
+        )
 
 
 def json_safe(value):
@@ -337,7 +357,14 @@ def evaluate_folders(
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
             cases = pool.starmap(_evaluate_case, jobs)
     else:
-        cases = [_evaluate_case(*job) for job in jobs]
+        cases = [_evaluate_case(*job) for job in tqdm(jobs, desc="evaluating", disable=not sys.stderr.isatty())]
+    seen = set().union(*(case.pop(LABELS_SEEN) for case in cases))
+    absent = sorted(set(labels) - seen)
+    if absent:
+        raise ValueError(
+            f"--labels {absent} occur in no prediction and no reference of {pred_dir} / {ref_dir}: a typo, or the "
+            "wrong folders?"
+        )
 
     metric_names = list(METRICS) + ([FUZZY_METRIC] if fuzzy else [])
     summary = _summarise(cases, labels, metric_names)

@@ -360,3 +360,30 @@ def test_evaluate_folders_errors_leave_no_outputs(tmp_path):
         evaluate_folders(pred_dir, ref_dir, out_dir)
     assert (out_dir / "summary.json").read_text() == before
     assert sorted(p.name for p in out_dir.iterdir()) == ["per_case.csv", "summary.json"]
+
+
+def test_a_0_255_prediction_mask_is_an_error_not_a_dice_of_zero(tmp_path):
+    pred_dir, ref_dir, cases = make_png_folders(tmp_path)
+    pred, _ = cases["case_a"]
+    write_png(pred_dir / "case_a.png", np.where(pred > 0, 255, 0))  # what many tools write
+    with pytest.raises(ValueError, match=r"case_a.png holds label values \[255\] .* 0/255 mask"):
+        evaluate_folders(pred_dir, ref_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_labels_absent_from_every_case_are_an_error(tmp_path):
+    pred_dir, ref_dir, _ = make_png_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"--labels \[7\] occur in no prediction and no reference"):
+        evaluate_folders(pred_dir, ref_dir, tmp_path / "out", labels=[1, 7])
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_evaluate_takes_nnunet_style_named_folders(tmp_path, capsys):
+    from nnunet_dale.cli import main
+
+    pred_dir, ref_dir, _ = make_png_folders(tmp_path)
+    assert main(["evaluate", "-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "a")]) == 0
+    assert main(["evaluate", str(pred_dir), str(ref_dir), "-o", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text()
+    assert main(["evaluate", str(pred_dir), "-ref", str(ref_dir), "-o", str(tmp_path / "c")]) == 2
+    assert "not both" in capsys.readouterr().err
