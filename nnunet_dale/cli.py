@@ -98,6 +98,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if name in runs:
             raise ValueError(f"method {name!r} given twice (list its folders comma-separated)")
         runs[name] = folders
+    for flag, folder in (("--images", args.images), ("--omega", args.omega)):
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag} {folder} is not a folder")
+    unknown = sorted(set(args.metrics or ()) - set(DEFAULT_METRICS))
+    if unknown:
+        raise ValueError(f"--metrics: unknown {unknown}; known: {' '.join(DEFAULT_METRICS)}")
     result = compare(
         runs,
         Path(args.output),

@@ -266,3 +266,19 @@ def test_3d_cases_show_the_middle_lesion_slice(tmp_path):
     assert result["figure"]["slices"] == {"vol_a": 4, "vol_b": 8}
     assert result["figure"]["columns"][0] == "image"
     assert list(mpimg.imread(tmp_path / "out" / "comparison.png").shape[:2]) == result["figure"]["size_px"]
+
+
+def test_cli_missing_overlay_folders_and_unknown_metrics_are_errors(data, tmp_path, capsys):
+    from nnunet_dale.cli import main
+
+    a, b = make_run(data, "a", random_values(1)), make_run(data, "b", random_values(2))
+    out = tmp_path / "out"
+    common = ["compare", f"A={a}", f"B={b}", "-o", str(out)]
+    assert main([*common, "--images", str(tmp_path / "nowhere")]) == 2
+    assert "--images" in capsys.readouterr().err
+    assert main([*common, "--omega", str(tmp_path / "nowhere")]) == 2
+    assert "--omega" in capsys.readouterr().err
+    assert main([*common, "--metrics", "Dice", "HD99"]) == 2
+    assert "unknown ['HD99']" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*common, "--metrics", "Dice", "--images", str(data["images"])]) == 0
