@@ -42,7 +42,7 @@ from nnunet_dale.confidence import (
     normalised_hypergradient,
 )
 from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size
-from nnunet_dale.progress import DALE_STATS, DALELocalLogger
+from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE, weight_pyramid
 
@@ -120,6 +120,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self.dale_num_classes = self.label_manager.num_segmentation_heads
         self.dale_target: ClassGaussians | None = None  # running target Gaussians (target_momentum > 0)
         self._grad_norms: dict[str, torch.Tensor] = {}  # pre-clip gradient norm of this iteration's steps
+        self.dale_resumed = False  # set by load_checkpoint (--c): then the result folder is this run's own
         self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
         self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
 
@@ -462,17 +463,54 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):  # memory-mapped: only the logging entry is read here
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
-        saved = checkpoint.get("logging", {}).get("_dale_config")
-        current = self.dale_config.to_dict()
-        if saved != current and os.environ.get(ALLOW_CONFIG_CHANGE, "0").lower() not in ("1", "true", "yes"):
-            changed = sorted(k for k in set(current) | set(saved or {}) if (saved or {}).get(k) != current.get(k))
+        changed = self._config_changes(checkpoint)
+        if changed is not None and not _allowed(ALLOW_CONFIG_CHANGE):
             raise DALEConfigError(
-                "this checkpoint was written under a different DALE configuration "
-                f"({'none: not a DALE checkpoint' if saved is None else 'changed: ' + ', '.join(changed)}). "
-                f"Resume with the same settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
-                f"({current})."
+                f"this checkpoint was written under a different DALE configuration ({changed}). Resume with the same "
+                f"settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
+                f"({self.dale_config.to_dict()})."
             )
         super().load_checkpoint(filename_or_checkpoint)
+        self.dale_resumed = True
+
+    def on_train_start(self):
+        """nnU-Net's start of training; a fresh start (no --c) first refuses to overwrite the checkpoints of a run made
+        with other DALE settings in the same result folder."""
+        if not self.dale_resumed:
+            self.check_result_folder()
+        super().on_train_start()
+
+    def check_result_folder(self) -> None:
+        """DALEConfigError if this fold's folder holds a checkpoint written under another DALE configuration: a fresh
+        start would overwrite it (nnU-Net starts over without --c). Overridden by NNUNET_DALE_ALLOW_CONFIG_CHANGE=1."""
+        if _allowed(ALLOW_CONFIG_CHANGE):
+            return
+        for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+            path = os.path.join(self.output_folder, name)
+            if not os.path.isfile(path):
+                continue
+            changed = self._config_changes(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+            if changed is not None:
+                raise DALEConfigError(
+                    f"{path} was written under another DALE configuration ({changed}) and a fresh start would "
+                    "overwrite it. Train the new settings under another trainer class, plans (-p) or nnUNet_results "
+                    f"folder, or set {ALLOW_CONFIG_CHANGE}=1 to overwrite it (docs/usage.md)."
+                )
+
+    def _config_changes(self, checkpoint: dict) -> str | None:
+        """How a checkpoint's DALE configuration differs from this trainer's (None: the same). Fields an older
+        checkpoint lacks count with the value they had then (the dataclass default)."""
+        saved = checkpoint.get("logging", {}).get(CONFIG_KEY)
+        if saved is None:
+            return "none: not a DALE checkpoint"
+        saved = {**DALEConfig().to_dict(), **saved}
+        current = self.dale_config.to_dict()
+        changed = sorted(k for k in set(current) | set(saved) if saved.get(k) != current.get(k))
+        return ("changed: " + ", ".join(changed)) if changed else None
+
+
+def _allowed(variable: str) -> bool:
+    return os.environ.get(variable, "0").strip().lower() in ("1", "true", "yes")
 
 
 class _NoFeatures:

@@ -214,3 +214,34 @@ def test_config_recorded_in_checkpoint_and_debug_json_and_checked_on_resume(data
     monkeypatch.setenv("NNUNET_DALE_ALLOW_CONFIG_CHANGE", "1")
     changed.load_checkpoint(str(checkpoint))
     assert unwrap(changed.network) is changed.network
+
+
+def test_a_fresh_start_refuses_to_overwrite_a_run_with_other_settings(dataset_2d, monkeypatch):
+    """Same class, plans and fold = same result folder: a fresh start under other DALE settings would overwrite the
+    earlier run's checkpoints. Refused; allowed with the same settings, after --c (load_checkpoint) and with the
+    override. An older checkpoint lacking the newer fields compares with the defaults it was written under."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    monkeypatch.setattr(nnUNetTrainer, "on_train_start", lambda self: None)  # only DALE's check runs here
+    first = build(nnUNetTrainerDALE, dataset_2d)
+    checkpoint = Path(first.output_folder) / "checkpoint_latest.pth"
+    first.save_checkpoint(str(checkpoint))
+    build(nnUNetTrainerDALE, dataset_2d).on_train_start()  # the same settings: nnU-Net's own overwrite
+    monkeypatch.setenv("NNUNET_DALE_TAU", "0.8")
+    other = build(nnUNetTrainerDALE, dataset_2d)
+    with pytest.raises(DALEConfigError, match=r"checkpoint_latest.pth was written under another .*changed: tau"):
+        other.on_train_start()
+    monkeypatch.setenv("NNUNET_DALE_ALLOW_CONFIG_CHANGE", "1")
+    other.on_train_start()  # the explicit override
+    other.load_checkpoint(str(checkpoint))
+    monkeypatch.delenv("NNUNET_DALE_ALLOW_CONFIG_CHANGE")
+    other.on_train_start()  # resumed (--c): the folder is this run's own
+    # an old checkpoint (before the study's fields existed) of the paper's configuration
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["logging"]["_dale_config"] = {"tau": 0.9, "alpha": 0.05, "patch_size": None}
+    torch.save(saved, checkpoint)
+    monkeypatch.delenv("NNUNET_DALE_TAU")
+    paper = build(nnUNetTrainerDALE_paper, dataset_2d)
+    assert paper._config_changes(saved) is None
+    assert "single_update" in build(nnUNetTrainerDALE, dataset_2d)._config_changes(saved)
+    checkpoint.unlink()
