@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import pickle
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,6 +167,19 @@ def _trainer_class(name: str):
     return cls or nnUNetTrainer
 
 
+def checked_device(device: str) -> str:
+    """`device` if torch can use it here; an AuditError (one line) for CUDA without CUDA or an unknown name."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise AuditError(f"--device {device!r}: {error}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AuditError(f"--device {device}: this machine has no CUDA device (use --device cpu)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise AuditError(f"--device {device}: MPS is not available here (use --device cpu)")
+    return device
+
+
 def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, device: str = "cpu") -> TrainedModel:
     """Network, plans and loss of a trained model folder, built as nnU-Net's predictor builds them (deep supervision
     off), with the checkpoint's weights. DALE's split settings come from the checkpoint when it is a DALE one."""
@@ -177,7 +191,11 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
         if not (model_dir / name).is_file():
             raise FileNotFoundError(f"{model_dir / name} is missing: not an nnU-Net result folder")
     checkpoint_path = find_checkpoint(fold_dir, checkpoint_name)
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise AuditError(f"{checkpoint_path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
+    device = checked_device(device)
     plans_manager = PlansManager(json.loads((model_dir / "plans.json").read_text()))
     dataset_json = json.loads((model_dir / "dataset.json").read_text())
     configuration = checkpoint["init_args"]["configuration"]
@@ -737,6 +755,16 @@ def overlay_png(audit: CaseAudit, rank: int, threshold: float) -> bytes:
     return buffer.getvalue()
 
 
+def writable_folder(out: Path) -> None:
+    """Create `out` (with parents) and check it takes files; an AuditError naming -o otherwise."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AuditError(f"-o {out}: cannot create the folder ({error.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise AuditError(f"-o {out}: the folder is not writable")
+
+
 def audit(
     result_folder: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -754,6 +782,8 @@ def audit(
     """
     settings = settings or AuditSettings()
     fold_dir, model = open_model(result_folder, fold, checkpoint, device)
+    out = Path(output) if output is not None else fold_dir / "label_audit"
+    writable_folder(out)  # before the long part, not after it
     folder, dataset = preprocessed_dataset(model)
     identifiers = list(dataset.identifiers)
     if cases is not None:
@@ -772,8 +802,6 @@ def audit(
         if progress is not None:
             progress(n, len(identifiers), identifier)
 
-    out = Path(output) if output is not None else fold_dir / "label_audit"
-    out.mkdir(parents=True, exist_ok=True)
     rows = rank_rows(audits)
     ranked = sorted(audits, key=_rank_key)
     staging = staging_dir(out, ".top.", ".tmp")

@@ -3,6 +3,7 @@ sklearn/scipy, a planted label error on a tiny trained network, and (slow) `nnun
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -29,12 +30,14 @@ from nnunet_dale.audit import (
     auroc,
     boundary_band,
     case_corruption,
+    checked_device,
     context_identifiers,
     omega_noisy,
     pass_transforms,
     rank_rows,
     reference_batch,
     region_statistics,
+    writable_folder,
 )
 from nnunet_dale.cli import main
 from nnunet_dale.confidence import functional_forward
@@ -355,6 +358,23 @@ def test_clear_errors_for_a_missing_folder_checkpoint_or_preprocessed_path(tmp_p
     monkeypatch.delenv("nnUNet_preprocessed", raising=False)
     assert main(["audit", str(fold)]) == 2
     assert "nnUNet_preprocessed is not set" in capsys.readouterr().err
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    for name in ("plans.json", "dataset.json"):
+        (fold.parent / name).write_text("{}")
+    (fold / "checkpoint_final.pth").write_bytes(b"not a checkpoint")
+    assert main(["audit", str(fold)]) == 2
+    assert "checkpoint_final.pth is not a readable checkpoint" in capsys.readouterr().err
+    with (
+        pytest.raises(AuditError, match="this machine has no CUDA device")
+        if not torch.cuda.is_available()
+        else (contextlib.nullcontext())
+    ):
+        checked_device("cuda")
+    with pytest.raises(AuditError, match="--device 'gpu'"):
+        checked_device("gpu")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(AuditError, match="-o .*a_file/out: cannot create the folder"):
+        writable_folder(tmp_path / "a_file" / "out")
     with pytest.raises(AuditError, match="passes"):
         AuditSettings(passes=0)
     with pytest.raises(AuditError, match="reference"):
