@@ -738,8 +738,11 @@ def overlay_png(audit: CaseAudit, rank: int, threshold: float) -> bytes:
     red[flagged] = (1.0, 0.15, 0.1, 0.55)
     axes[0].imshow(image, cmap="gray", interpolation="nearest")
     axes[0].imshow(red, interpolation="nearest")
-    axes[1].imshow(share, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
-    axes[2].imshow(np.maximum(audit.evidence[z], 0), cmap="magma", vmin=0, interpolation="nearest")
+    for ax, heat in (
+        (axes[1], axes[1].imshow(share, cmap="magma", vmin=0, vmax=1, interpolation="nearest")),
+        (axes[2], axes[2].imshow(np.maximum(audit.evidence[z], 0), cmap="magma", vmin=0, interpolation="nearest")),
+    ):
+        fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
     for ax in axes:
         if annotation.any() and not annotation.all():
             ax.contour(annotation.astype(float), levels=[0.5], colors=["lime"], linewidths=0.8)

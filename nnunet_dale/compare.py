@@ -665,7 +665,8 @@ def _draw_row(axes, columns, row, methods, comparison, number: int) -> int | Non
             _style(ax, title)
         elif column == "fuzzy map":
             fuzzy, what = _fuzzy_map(ref3, row["image"], row["spacing"], z)
-            ax.imshow(crop(fuzzy), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            heat = ax.imshow(crop(fuzzy), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
             _contour(ax, crop(ref2), REFERENCE_COLOUR, 0.8)
             _style(ax, what)
         elif column == "ω":
@@ -675,7 +676,8 @@ def _draw_row(axes, columns, row, methods, comparison, number: int) -> int | Non
                 _style(ax, "ω")
             else:
                 omega2 = crop(take(omega))
-                ax.imshow(omega2, cmap="viridis", interpolation="nearest")
+                heat = ax.imshow(omega2, cmap="viridis", interpolation="nearest")
+                ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
                 _contour(ax, crop(ref2), "white", 0.8)
                 _style(ax, f"ω [{omega2.min():.2f}, {omega2.max():.2f}]")
     return z
