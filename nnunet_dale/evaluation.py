@@ -211,7 +211,10 @@ def _guess_file_ending(ref_dir: Path) -> str:
 
 def read_segmentation(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """A segmentation as an integer (H, W) or (D, H, W) array and its spacing in array-axis order."""
-    seg, props = reader.read_seg(str(path))
+    try:
+        seg, props = reader.read_seg(str(path))
+    except (RuntimeError, OSError, ValueError, SyntaxError) as error:  # SimpleITK / PIL / nibabel on a bad file
+        raise ValueError(f"{path}: cannot read it as a segmentation ({type(error).__name__}: {error})") from None
     seg = np.asarray(seg)
     if seg.ndim not in (3, 4) or seg.shape[0] != 1:
         raise ValueError(f"{path}: expected a single-channel 2D or 3D segmentation, got array shape {seg.shape}")

@@ -387,3 +387,11 @@ def test_cli_evaluate_takes_nnunet_style_named_folders(tmp_path, capsys):
     assert (tmp_path / "a" / "summary.json").read_text() == (tmp_path / "b" / "summary.json").read_text()
     assert main(["evaluate", str(pred_dir), "-ref", str(ref_dir), "-o", str(tmp_path / "c")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_corrupt_file_is_one_clear_error(tmp_path):
+    pred_dir, ref_dir, _ = make_png_folders(tmp_path)
+    (pred_dir / "case_b.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    with pytest.raises(ValueError, match=r"case_b.png: cannot read it as a segmentation"):
+        evaluate_folders(pred_dir, ref_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
