@@ -50,8 +50,9 @@ def normalised_hypergradient(
 ) -> torch.Tensor:
     """The hypergradient centred within each class and divided by its root mean square, both over the `weight`ed
     (fuzzy) voxels: scale-free, so Adam's eps cannot freeze omega, and with a zero mean per class, so omega
-    re-weights voxels within a class instead of re-weighting the classes. `membership` (B, C, *s) is one-hot (or
-    soft) class membership at the hypergradient's resolution, `weight` (B, 1, *s) the fuzzy mask."""
+    re-weights voxels within a class rather than the classes (Adam's first step is ~lr * sign, so a skewed class
+    still gets a mean omega slightly off 1: docs/method.md). `membership` (B, C, *s) is one-hot (or soft) class
+    membership at the hypergradient's resolution, `weight` (B, 1, *s) the fuzzy mask."""
     g = hypergradient.to(torch.float64)
     w = weight.to(torch.float64) * membership.to(torch.float64)  # (B, C, *s)
     class_mean = (w * g).sum((0, *range(2, g.ndim)), keepdim=True) / w.sum(
