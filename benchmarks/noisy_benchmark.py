@@ -24,7 +24,6 @@ from pathlib import Path
 from nnunet_dale.demo import Demo, DemoSettings
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ from nnunet_dale.holdout import check_hold_out
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 # dataset -> (default subset folder in SHARED_DATA, dataset id, what it is)
 DATASETS = {

@@ -29,13 +29,11 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def prepare(root: Path, size: int, dims: int, num_train: int) -> int:
     from nnunet_dale.benchmark_data import make_benchmark
-
-    from conftest import plan_and_preprocess
+    from nnunet_dale.inprocess import plan_and_preprocess
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -54,10 +52,9 @@ def trainers(configuration: str, lookahead: int, names: tuple[str, ...] = TRAINE
     """The default trainer and DALE in exact and fast mode, from the same plans and the same initial weights."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+    from nnunet_dale.inprocess import build_trainer as build
     from nnunet_dale.trainer import nnUNetTrainerDALE
     from nnunet_dale.variants import nnUNetTrainerDALE_fast
-
-    from conftest import build
 
     os.environ["NNUNET_DALE_LOOKAHEAD_STEPS"] = str(lookahead)
     classes = {"default": nnUNetTrainer, "exact": nnUNetTrainerDALE, "fast": nnUNetTrainerDALE_fast}
@@ -69,7 +66,7 @@ def trainers(configuration: str, lookahead: int, names: tuple[str, ...] = TRAINE
 
 
 def batches(trainer, n: int) -> list[dict]:
-    from conftest import single_process_loader
+    from nnunet_dale.inprocess import single_process_loader
 
     loader = single_process_loader(trainer)
     return [next(loader) for _ in range(n)]

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from batchgenerators.utilities.file_and_folder_operations import load_json
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_dale.inprocess import build_trainer, plan_and_preprocess, single_process_loader  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,19 +35,6 @@ def nnunet_dirs(tmp_path_factory) -> dict[str, Path]:
     patch.undo()
 
 
-def plan_and_preprocess(dataset_id: int, configurations: tuple[str, ...] = ("2d",)) -> None:
-    """nnU-Net's planning and preprocessing through its Python API (the CLI is tested end to end elsewhere)."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-        preprocess,
-    )
-
-    extract_fingerprints([dataset_id], num_processes=1, check_dataset_integrity=True, verbose=False)
-    plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=configurations, num_processes=[1] * len(configurations), verbose=False)
-
-
 @pytest.fixture(scope="session")
 def dataset_2d(nnunet_dirs) -> int:
     """A small 2D lesion dataset (64 x 64, 10 training cases), planned and preprocessed for the 2d configuration."""
@@ -58,25 +45,9 @@ def dataset_2d(nnunet_dirs) -> int:
     return 990
 
 
-def single_process_loader(trainer):
-    """The trainer's training loader with augmentation in this process (nnUNet_n_proc_DA=0): no worker to leak."""
-    previous = os.environ.get("nnUNet_n_proc_DA")
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    try:
-        return trainer.get_dataloaders()[0]
-    finally:
-        os.environ["nnUNet_n_proc_DA"] = previous if previous is not None else "1"
-
-
 def build(cls, dataset_id: int, initialize: bool = True, configuration: str = "2d"):
-    """A trainer of class `cls` on the CPU from the preprocessed plans of `dataset_id`, as nnU-Net's CLI builds it."""
-    folder = Path(os.environ["nnUNet_preprocessed"]) / maybe_convert_to_dataset_name(dataset_id)
-    plans = load_json(folder / "nnUNetPlans.json")
-    plans["continue_training"] = False
-    trainer = cls(plans, configuration, 0, load_json(folder / "dataset.json"), device=torch.device("cpu"))
-    if initialize:
-        trainer.initialize()
-    return trainer
+    """A trainer of class `cls` on the CPU (nnunet_dale.inprocess.build_trainer)."""
+    return build_trainer(cls, dataset_id, initialize, configuration)
 
 
 @pytest.fixture(scope="session")
