@@ -8,6 +8,7 @@ the checkpoint's epoch to the end under the same DALE configuration, and refuses
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ import pytest
 import torch
 
 from nnunet_dale import trainers_path
-from nnunet_dale.config import DALEConfig
+from nnunet_dale.config import SHIPPED, load_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -93,7 +94,7 @@ def test_kill_and_resume_continues_with_the_same_dale_configuration(dataset_2d, 
     resume_epoch = saved["current_epoch"]  # the next epoch to run
     assert 1 <= resume_epoch < EPOCHS
     original_config = saved["logging"]["_dale_config"]
-    assert original_config == DALEConfig().to_dict()  # the variant keeps the paper's defaults
+    assert original_config == load_config(SHIPPED).to_dict()  # the variant keeps the shipped defaults
 
     # 2. a changed DALE configuration is refused, and leaves the checkpoint alone
     before = latest.read_bytes()
@@ -116,7 +117,9 @@ def test_kill_and_resume_continues_with_the_same_dale_configuration(dataset_2d, 
     logged = checkpoint["logging"]
     for key in ("train_losses", "dale_fuzzy_fraction", "dale_mean_omega", "dale_l_w"):
         assert len(logged[key]) == EPOCHS, key  # one entry per epoch across both runs
-    assert all(0 < v < 1 for v in logged["dale_fuzzy_fraction"])
+    warmup = [e < SHIPPED["warmup_fraction"] * EPOCHS for e in range(EPOCHS)]  # nnU-Net's own steps: no statistics
+    assert [math.isnan(v) for v in logged["dale_fuzzy_fraction"]] == warmup
+    assert all(0 < v < 1 for v, w in zip(logged["dale_fuzzy_fraction"], warmup) if not w)
     assert new_logs[0].read_text().count("DALE fuzzy fraction") == EPOCHS - resume_epoch
 
     # 4. with the override a changed configuration is accepted (and recorded as the current one)
