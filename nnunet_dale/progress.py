@@ -30,6 +30,7 @@ DALE_STATS = {
     "dale_omega_moved": "share omega moved",
     "dale_nonfuzzy_fg_share": "fg share non-fuzzy",
 }
+NOT_ALWAYS_DEFINED = ("dale_grad_norm_n", "dale_grad_norm_f", "dale_seg_loss_f")  # NaN without such a step / loss
 CONFIG_KEY = "_dale_config"
 PANEL_SHARES = ("dale_fuzzy_fraction", "dale_mean_omega", "dale_noisy_fg", "dale_noisy_bg", "dale_omega_moved",
                 "dale_nonfuzzy_fg_share")  # fmt: skip
