@@ -415,5 +415,5 @@ def test_audit_command_on_a_trained_dale_model(tmp_path):
     assert quality["num_cases"] == 6 and 0 <= quality["evidence"]["auroc_above_median"] <= 1
     assert "auroc_above_median" in result.stdout
     meta = json.loads((out / "audit.json").read_text())
-    assert meta["trainer"] == "nnUNetTrainerDALE_quick" and meta["split_patch_size"] == [16, 16]
+    assert meta["trainer"] == "nnUNetTrainerDALE_quick" and meta["split_patch_size"] == [4, 4]  # 16 per side
     assert not list(out.glob(".*"))  # no staging leftovers

@@ -37,6 +37,8 @@ class {TRAINER}(nnUNetTrainerDALE_quick):
 
 def test_3d_anisotropic_plan_train_validate(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
+    # the anisotropy rule of the 16 px patch (not the shipped patches per side) and no warm-up in the one epoch
+    env.update(NNUNET_DALE_SPLIT_PATCHES="0", NNUNET_DALE_WARMUP_FRACTION="0")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (tmp_path / name).mkdir()
         env[name] = str(tmp_path / name)
