@@ -236,7 +236,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         loss = 0.5 * (loss_n + loss_f).detach()
         if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
             return self._step_outputs(loss, split, membership)
-        return self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach())
+        return self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach(), mean_omega)
 
     def split(self, data: torch.Tensor, full_target: torch.Tensor) -> FuzzySplit:
         """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""
@@ -271,6 +271,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         confidence: Confidence | None = None,
         alignment: Alignment | None = None,
         seg_f: torch.Tensor | None = None,
+        mean_omega: torch.Tensor | None = None,
     ) -> dict:
         """train_step's dict: the loss and DALE's statistics (progress.DALE_STATS), fetched with one host sync.
         Without omega statistics (no fuzzy region here) omega reads 1, the noisy shares 0 and L_W 0."""
@@ -296,12 +297,11 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 return (values * weight).sum() / weight.sum().clamp_min(1e-8)
 
             omega, noisy = confidence.omega, confidence.noisy.to(split.fuzzy.dtype)
-            mean_omega = fuzzy_mean(omega)
             stats.update(
-                dale_mean_omega=mean_omega,
+                dale_mean_omega=mean_omega.detach(),
                 dale_noisy_share=fuzzy_mean(noisy),
                 dale_l_w=alignment.loss.detach(),
-                dale_alpha_l_w=self.dale_config.alpha * mean_omega * alignment.loss.detach(),
+                dale_alpha_l_w=self.dale_config.alpha * mean_omega.detach() * alignment.loss.detach(),
                 dale_omega_fg=fuzzy_mean(omega, fg),
                 dale_omega_bg=fuzzy_mean(omega, bg),
                 dale_noisy_fg=fuzzy_mean(noisy, fg),
@@ -310,7 +310,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 dale_seg_loss_f=seg_f,
             )
             classes_used = alignment.classes_used.to(loss.dtype)
-        keys = [k for k in DALE_STATS]
+        keys = list(DALE_STATS)
         values = torch.stack([loss.float(), classes_used.float(), *[stats[k].float() for k in keys]]).cpu().numpy()
         loss, classes_used = values[:2]
         if self.feature_tap is not None and self.dale_config.alpha > 0 and 0 <= classes_used < self.dale_num_classes:
