@@ -12,7 +12,7 @@ as benchmarks/real_data.py) and `benchmark` (the built-in noisy-label benchmark,
 evaluated against the clean labels, as benchmarks/noisy_benchmark.py). The first trainer is the baseline. Each
 (trainer, fold) is trained, predicted and evaluated once and reused when the script is run again with the same work
 folder, so a study can be stopped and resumed, and trainers or folds added later. Writes the section
-`<!-- ablation-<dataset>-<px>px[-seed<S>] -->` of docs/results.md (or --results): per trainer the mean ± sd over
+`<!-- ablation-<dataset>-<px>px[-seed<S>][-<tag>] -->` of docs/results.md (or --results): per trainer the mean ± sd over
 runs of Dice, IoU, HD95, ASD and fuzzy-region Dice, the change against the baseline on the same folds, p over cases
 (per-case means over runs) and over runs (paired by fold), and the training wall time per run.
 Run nothing else meanwhile: two trainings on 2 cores slow each other many times.
@@ -114,7 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-o", "--output", help="work folder, reused when re-run (default dale_ablation_<key>)")
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
     parser.add_argument("--title", default="", help="what this table is for (screening, confirmation, ...)")
+    parser.add_argument("--tag", default="", help="suffix of the section key: a new table beside earlier ones")
     args = parser.parse_args(argv)
+    if args.tag and not args.tag.replace("-", "").isalnum():
+        parser.error(f"--tag must be letters, digits and '-'; got {args.tag!r}")
     if len(args.trainers) < 2:
         parser.error("--trainers needs the baseline and at least one variant")
     if args.dataset == "benchmark":
@@ -122,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         check_hold_out(0.3, args.hold_out_seed)
         args.key = f"ablation-{args.dataset}-{args.max_size}px-seed{args.hold_out_seed}"
+    args.key += f"-{args.tag}" if args.tag else ""
     args.output = Path(args.output or f"dale_{args.key.replace('-', '_')}")
     return args
 

@@ -46,22 +46,48 @@ class Confidence:
 
 
 def normalised_hypergradient(
-    hypergradient: torch.Tensor, weight: torch.Tensor, membership: torch.Tensor, eps: float = 1e-30
+    hypergradient: torch.Tensor,
+    weight: torch.Tensor,
+    membership: torch.Tensor,
+    centre: str = "mean",
+    eps: float = 1e-30,
 ) -> torch.Tensor:
     """The hypergradient centred within each class and divided by its root mean square, both over the `weight`ed
-    (fuzzy) voxels: scale-free, so Adam's eps cannot freeze omega, and with a zero mean per class, so omega
-    re-weights voxels within a class rather than the classes (Adam's first step is ~lr * sign, so a skewed class
-    still gets a mean omega slightly off 1: docs/method.md). `membership` (B, C, *s) is one-hot (or soft) class
-    membership at the hypergradient's resolution, `weight` (B, 1, *s) the fuzzy mask."""
+    (fuzzy) voxels: scale-free, so Adam's eps cannot freeze omega, and centred per class, so omega re-weights voxels
+    within a class rather than the classes. `centre` "mean" gives each class a zero mean; Adam's first step is
+    ~lr * sign, so a skewed class still gets a mean omega off 1 (docs/method.md); "median" (the weighted median)
+    gives each class as much weight moving up as down, so a one-step omega keeps every class's mean at 1.
+    `membership` (B, C, *s) is one-hot (or soft) class membership at the hypergradient's resolution, `weight`
+    (B, 1, *s) the fuzzy mask."""
     g = hypergradient.to(torch.float64)
     w = weight.to(torch.float64) * membership.to(torch.float64)  # (B, C, *s)
-    class_mean = (w * g).sum((0, *range(2, g.ndim)), keepdim=True) / w.sum(
-        (0, *range(2, g.ndim)), keepdim=True
-    ).clamp_min(eps)
-    centred = g - (membership.to(torch.float64) * class_mean).sum(1, keepdim=True)
+    centres = class_medians(g, w) if centre == "median" else class_means(g, w, eps)
+    centred = g - (membership.to(torch.float64) * centres.view(1, -1, *([1] * (g.ndim - 2)))).sum(1, keepdim=True)
     total = weight.to(torch.float64)
     rms = ((total * centred**2).sum() / total.sum().clamp_min(eps)).sqrt()
     return (centred / rms.clamp_min(eps)).to(hypergradient.dtype)
+
+
+def class_means(values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """Per class c: the mean of `values` (B, 1, *s) weighted by `weights[:, c]` (B, C, *s); shape (C,)."""
+    dims = (0, *range(2, values.ndim))
+    return (weights * values).sum(dims) / weights.sum(dims).clamp_min(eps)
+
+
+def class_medians(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per class c: the weighted median of `values` (B, 1, *s) under `weights[:, c]` (B, C, *s), the smallest value
+    whose cumulative weight reaches half the class's weight (0 for a class without weight); shape (C,)."""
+    order = values.flatten().argsort()
+    ordered = values.flatten()[order]
+    medians = []
+    for c in range(weights.shape[1]):
+        cumulative = weights[:, c].flatten()[order].cumsum(0)
+        if float(cumulative[-1]) <= 0:
+            medians.append(ordered.new_zeros(()))
+            continue
+        index = torch.searchsorted(cumulative, 0.5 * cumulative[-1]).clamp_max(ordered.numel() - 1)
+        medians.append(ordered[index])
+    return torch.stack(medians)
 
 
 def functional_forward(module: torch.nn.Module) -> Forward:

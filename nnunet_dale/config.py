@@ -22,6 +22,7 @@ CONTROL_VARIABLES = (ENV_FILE, "NNUNET_DALE_ALLOW_CONFIG_CHANGE")  # NNUNET_DALE
 FEATURE_SITES = ("head", "bottleneck")
 LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast")
+OMEGA_CENTRES = ("mean", "median")
 
 
 class DALEConfigError(ValueError):
@@ -54,6 +55,7 @@ class DALEConfig:
     min_class_mass_per_dim: float = 0.0  # a class also needs this many times the feature dimension in weight
     target_momentum: float = 0.0  # > 0: the target Gaussians are a running (EMA) estimate over iterations
     omega_normalise: bool = False  # hypergradient centred within each class, divided by its RMS, before Adam
+    omega_centre: str = "mean"  # omega_normalise's centre per class: "mean" or the weighted "median"
     clean_threshold: float = 0.0  # clean: omega rose by more than this; noisy: fell by more than this
     single_update: bool = False  # one optimiser update per iteration on (L_n + L_f) / 2 instead of two steps
     mask_input: bool = True  # the passes see the masked image (Eq. 7); False: the real image, masks as weights only
@@ -77,6 +79,7 @@ class DALEConfig:
         check(self.lw_scale in LW_SCALES, "lw_scale", f"one of {LW_SCALES}")
         check(self.min_class_mass_per_dim >= 0, "min_class_mass_per_dim", "a number >= 0")
         check(0 <= self.target_momentum < 1, "target_momentum", "a number in [0, 1)")
+        check(self.omega_centre in OMEGA_CENTRES, "omega_centre", f"one of {OMEGA_CENTRES}")
         check(self.clean_threshold >= 0, "clean_threshold", "a number >= 0")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
         check(

@@ -246,11 +246,11 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         )
 
     def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor):
-        """omega_normalise: the hypergradient centred per class and RMS-scaled over the fuzzy voxels (else None)."""
+        """omega_normalise: the hypergradient centred per class (omega_centre) and RMS-scaled over the fuzzy voxels."""
         if not self.dale_config.omega_normalise:
             return None
         partition = self._bg_fg(membership) if self.label_manager.has_regions else membership
-        return lambda g: normalised_hypergradient(g, split.fuzzy, partition)
+        return lambda g: normalised_hypergradient(g, split.fuzzy, partition, self.dale_config.omega_centre)
 
     def _membership(self, full_target: torch.Tensor) -> torch.Tensor:
         lm = self.label_manager

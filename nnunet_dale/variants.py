@@ -82,6 +82,19 @@ class nnUNetTrainerDALE_allFixes(nnUNetTrainerDALE):
     dale_defaults = dict(SHIPPED)
 
 
+# --- the validity study's second round: one change each to the shipped configuration
+class nnUNetTrainerDALE_twoSteps(nnUNetTrainerDALE):
+    """The shipped configuration with Algorithm 1's two alternating optimiser steps instead of the single update."""
+
+    dale_defaults = {**SHIPPED, "single_update": False}
+
+
+class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
+    """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean."""
+
+    dale_defaults = {**SHIPPED, "omega_centre": "median"}
+
+
 # --- ablations (Table 4) of the shipped configuration
 class nnUNetTrainerDALE_AEonly(nnUNetTrainerDALE):
     """Fuzzy regions from average entropy only (no edge ratio)."""
@@ -201,6 +214,14 @@ class nnUNetTrainerDALE_warmup_bench(_Bench, nnUNetTrainerDALE_warmup):
 
 
 class nnUNetTrainerDALE_allFixes_bench(_Bench, nnUNetTrainerDALE_allFixes):
+    pass
+
+
+class nnUNetTrainerDALE_twoSteps_bench(_Bench, nnUNetTrainerDALE_twoSteps):
+    pass
+
+
+class nnUNetTrainerDALE_omegaMedian_bench(_Bench, nnUNetTrainerDALE_omegaMedian):
     pass
 
 

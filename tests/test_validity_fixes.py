@@ -9,7 +9,7 @@ import torch
 from test_confidence import TinyNet
 
 from nnunet_dale.alignment import ClassGaussians, alignment_loss, class_gaussians, pooled_gaussians
-from nnunet_dale.confidence import learn_confidence, normalised_hypergradient
+from nnunet_dale.confidence import adam_on_omega, class_medians, learn_confidence, normalised_hypergradient
 from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, patches_per_side, resolve_patch_size
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.variants import (
@@ -136,6 +136,44 @@ def test_normalised_hypergradient_matches_a_slow_loop():
     np.testing.assert_allclose(out, expected, rtol=1e-10)
 
 
+def test_class_medians_match_a_slow_weighted_median():
+    """The weighted median per class against a loop over sorted values; a class without weight gets 0."""
+    g = torch.Generator().manual_seed(5)
+    values = torch.randn(2, 1, 5, 7, generator=g, dtype=torch.float64)
+    weights = torch.rand(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    weights[:, 2] = 0.0
+    medians = class_medians(values, weights).numpy()
+    v = values.numpy().ravel()
+    for c in (0, 1):
+        w = weights[:, c].numpy().ravel()
+        half = w.sum() / 2
+        expected = min(x for x in v if w[v <= x].sum() >= half)  # smallest value with half the weight at or below
+        assert medians[c] == expected
+    assert medians[2] == 0.0
+
+
+def test_median_centring_gives_each_class_equal_weight_up_and_down():
+    """Skewed hypergradients (most voxels slightly positive, a few far negative): mean centring leaves most voxels
+    on one side, so a one-step omega's class mean moves off 1; median centring splits each class's weight evenly."""
+    g = torch.Generator().manual_seed(7)
+    hyper = torch.rand(2, 1, 8, 8, generator=g, dtype=torch.float64)
+    hyper[..., :2] = -8.0  # a quarter of the voxels far below the rest
+    fuzzy = torch.ones(2, 1, 8, 8, dtype=torch.float64)
+    labels = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    labels[..., 4:, :] = True
+    membership = torch.cat([~labels, labels], 1).double()
+    for centre, balanced in (("mean", False), ("median", True)):
+        out = normalised_hypergradient(hyper, fuzzy, membership, centre)
+        for c in (False, True):
+            share_up = float((out[labels == c] < 0).double().mean())  # negative hypergradient: omega goes up
+            share_down = float((out[labels == c] > 0).double().mean())
+            assert (abs(share_up - share_down) <= 1 / 32) == balanced, (centre, share_up, share_down)
+    median_centred = lambda h: normalised_hypergradient(h, fuzzy, membership, "median")  # noqa: E731
+    conf = adam_on_omega(hyper.shape, hyper, 0.1, 1, lambda _: hyper, median_centred)
+    for c in (False, True):
+        assert float(conf.omega[labels == c].mean()) == pytest.approx(1.0, abs=0.1 / 16)
+
+
 def planted_flips(transform=None):
     """The sign test's set-up (test_confidence): labels flipped in a known part of the fuzzy region."""
     torch.manual_seed(0)
@@ -185,6 +223,7 @@ def test_config_rejects_bad_fix_settings():
         {"target_momentum": 1.0},
         {"warmup_fraction": 1.0},
         {"clean_threshold": -0.1},
+        {"omega_centre": "mode"},
         {"single_update": True, "omega_mode": "fast"},
     ):
         with pytest.raises(DALEConfigError):
