@@ -28,6 +28,22 @@ from scipy import ndimage
 from nnunet_dale.files import load_array, staging_dir
 from nnunet_dale.metrics import dice
 
+__all__ = [
+    "GENERATOR_VERSION",
+    "REFERENCE_SIZE",
+    "Lesion",
+    "annotate",
+    "clean_label",
+    "draw_case",
+    "lesion_fuzziness",
+    "make_benchmark",
+    "miss_probability",
+    "nearest_lesion_cells",
+    "noise_statistics",
+    "plot_noise_examples",
+    "signed_distance",
+]
+
 GENERATOR_VERSION = 1
 REFERENCE_SIZE = 64
 TRAIN, TEST = 0, 1  # split codes in the per-case seed keys
