@@ -58,6 +58,7 @@ def trainers(configuration: str, lookahead: int, names: tuple[str, ...] = TRAINE
     from nnunet_dale.variants import nnUNetTrainerDALE_fast
 
     os.environ["NNUNET_DALE_LOOKAHEAD_STEPS"] = str(lookahead)
+    os.environ["NNUNET_DALE_WARMUP_FRACTION"] = "0"  # a fresh trainer is at epoch 0: time DALE's steps, not warm-up's
     classes = {"default": nnUNetTrainer, "exact": nnUNetTrainerDALE, "fast": nnUNetTrainerDALE_fast}
     torch.manual_seed(0)
     built = {name: build(classes[name], 990, configuration=configuration) for name in names}
