@@ -1,15 +1,15 @@
 """The validity study: a list of trainers x runs on one dataset, one Table-4-style table in docs/results.md.
 
-    python benchmarks/ablation.py --dataset isic2017 --folds 0 --trainers nnUNetTrainer_bench \\
+    python -m benchmarks.ablation --dataset isic2017 --folds 0 --trainers nnUNetTrainer_bench \\
         nnUNetTrainerDALE_paper_bench nnUNetTrainerDALE_bench            # screening: one run per variant
-    python benchmarks/ablation.py --dataset isic2017 --folds 0 1 2 --trainers nnUNetTrainer_bench \\
+    python -m benchmarks.ablation --dataset isic2017 --folds 0 1 2 --trainers nnUNetTrainer_bench \\
         nnUNetTrainerDALE_bench                                          # confirmation: three runs
-    python benchmarks/ablation.py --dataset isic2017 --hold-out-seed 1 ...   # a hold-out seed not chosen on
-    python benchmarks/ablation.py --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
+    python -m benchmarks.ablation --dataset isic2017 --hold-out-seed 1 ...   # a hold-out seed not chosen on
+    python -m benchmarks.ablation --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
 
 Datasets: `isic2017` / `busi` (the subsets in ../shared/data, converted at --max-size px with a seeded 30 % hold-out,
-as benchmarks/real_data.py) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
-evaluated against the clean labels, as benchmarks/noisy_benchmark.py). The first trainer is the baseline. Each
+as benchmarks.real_data) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
+evaluated against the clean labels, as benchmarks.noisy_benchmark). The first trainer is the baseline. Each
 (trainer, fold) is trained, predicted and evaluated once and reused when the script is run again with the same work
 folder, so a study can be stopped and resumed, and trainers or folds added later. Writes the section
 `<!-- ablation-<dataset>-<px>px[-seed<S>][-<tag>] -->` of docs/results.md (or --results): per trainer the mean ± sd over
@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-from real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
-from report import provenance, write_section
 
+from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
+from benchmarks.report import provenance, write_section
 from nnunet_dale.compare import compare, format_p
 from nnunet_dale.demo import Demo, DemoSettings
 from nnunet_dale.holdout import check_hold_out
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> str:
         rows.append(table_row(trainer, folds, comparison, minutes, baseline))
     hours = (time.perf_counter() - start) / 3600
     data = study.describe_data() if hasattr(study, "describe_data") else "built-in benchmark, 50 / 20 cases, 64 px"
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.ablation " + " ".join(sys.argv[1:])
     text = "\n".join(
         [
             f"## Ablation: {args.key.removeprefix('ablation-')}" + (f" — {args.title}" if args.title else ""),

@@ -1,8 +1,8 @@
 """The longer run of the built-in noisy-label benchmark: default nnU-Net vs DALE over several runs (folds).
 
-    python benchmarks/noisy_benchmark.py --train 50            # docs/results.md: 50 training / 20 test, 3 runs, ~1.3 h
-    python benchmarks/noisy_benchmark.py                       # 60 training cases (nnU-Net then plans batch 3): ~2 h
-    python benchmarks/noisy_benchmark.py --folds 0 --train 40  # shorter
+    python -m benchmarks.noisy_benchmark --train 50            # docs/results.md: 50 training / 20 test, 3 runs, ~1.3 h
+    python -m benchmarks.noisy_benchmark                       # 60 training cases (nnU-Net then plans batch 3): ~2 h
+    python -m benchmarks.noisy_benchmark --folds 0 --train 40  # shorter
 
 Times are for 2 idle CPU cores; run nothing else meanwhile (two trainings on 2 cores slow each other many times).
 
@@ -10,7 +10,7 @@ Same pipeline as `nnunet-dale demo` (real nnU-Net planning, training, prediction
 labels), with the schedule of nnUNetTrainer_bench / nnUNetTrainerDALE_bench (40 epochs x 25 iterations) and one run
 per fold (each fold: its own random initialisation and train/validation split; the test set is the same). Writes the
 comparison table, the command and the time to docs/results.md, the figure to docs/figures/results-benchmark.png, and
-the time-to-accuracy figure (benchmarks/time_to_accuracy.py) for each fold.
+the time-to-accuracy figure (benchmarks.time_to_accuracy) for each fold.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="benchmark data seed")
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
     args = parser.parse_args()
-    from report import provenance, write_section
-    from time_to_accuracy import TABLE_HEADER, format_row, time_to_accuracy
+    from benchmarks.report import provenance, write_section
+    from benchmarks.time_to_accuracy import TABLE_HEADER, format_row, time_to_accuracy
 
     settings = DemoSettings(
         dataset_id=992, num_train=args.train, num_test=args.test, seed=args.seed,
@@ -58,7 +58,7 @@ def main() -> None:
 
     figure = REPO / "docs" / "figures" / "results-benchmark.png"
     shutil.copyfile(demo.out / "comparison" / "comparison.png", figure)
-    command = "python benchmarks/noisy_benchmark.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.noisy_benchmark " + " ".join(sys.argv[1:])
     lines = [
         "## Built-in noisy-label benchmark (longer run)",
         "",

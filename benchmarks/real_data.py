@@ -1,8 +1,8 @@
 """Default nnU-Net vs DALE on real lesion data: a downsampled public dataset with a held-out test split.
 
-    python benchmarks/real_data.py                        # ISIC 2017 subset, 64 px, 30 % held out, folds 0 1 2
-    python benchmarks/real_data.py --dataset busi --folds 0
-    python benchmarks/real_data.py --quick -o /tmp/rd --results /tmp/results.md   # smoke run (2-epoch schedules)
+    python -m benchmarks.real_data                        # ISIC 2017 subset, 64 px, 30 % held out, folds 0 1 2
+    python -m benchmarks.real_data --dataset busi --folds 0
+    python -m benchmarks.real_data --quick -o /tmp/rd --results /tmp/results.md   # smoke run (2-epoch schedules)
 
 Converts the dataset with `nnunet-dale convert NAME SOURCE --max-size PX --hold-out F --hold-out-seed S`: the
 default sources are the subsets in `shared/data` next to the repository (`ISIC2017_val_subset`: 98 RGB dermoscopy
@@ -148,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
-    from report import demote_headings, provenance, write_section
+    from benchmarks.report import demote_headings, provenance, write_section
 
     check_hold_out(args.hold_out, args.hold_out_seed)  # bad arguments: an error before any folder is made
     if not args.source.exists():
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
     figure = results.parent / "figures" / f"results-{args.dataset}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(bench.out / "comparison" / "comparison.png", figure)
-    command = "python benchmarks/real_data.py " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.real_data " + " ".join(sys.argv[1:])
     folds = f"fold{'s' * (len(args.folds) > 1)} {', '.join(map(str, args.folds))}"
     lines = [
         f"## Real data: {get_converter(args.dataset).dataset_name} subset, held-out test split",

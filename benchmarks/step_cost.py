@@ -1,8 +1,8 @@
 """Cost of one DALE train_step against nnU-Net's default train_step on the same batches (medians, side by side).
 
-    python benchmarks/step_cost.py                # 2d plan of the built-in benchmark, 64 x 64
-    python benchmarks/step_cost.py --quick        # under a minute
-    python benchmarks/step_cost.py --size 128 --steps 20 -K 2
+    python -m benchmarks.step_cost                # 2d plan of the built-in benchmark, 64 x 64
+    python -m benchmarks.step_cost --quick        # under a minute
+    python -m benchmarks.step_cost --size 128 --steps 20 -K 2
 
 Builds the default trainer and nnUNetTrainerDALE from the same plans and initial weights, feeds both the same
 batches, alternating default / DALE step by step so machine noise hits both alike, and prints medians: ms per step,
@@ -28,16 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunet_dale.inprocess import copy_batch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def prepare(root: Path, size: int, dims: int, num_train: int) -> int:
     from nnunet_dale.benchmark_data import make_benchmark
     from nnunet_dale.inprocess import plan_and_preprocess
+    from nnunet_dale.nnunet_env import use_nnunet_folders
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(root / name)
+    use_nnunet_folders(root)
     os.environ.setdefault("nnUNet_def_n_proc", "1")
     os.environ["nnUNet_n_proc_DA"] = "1"
     make_benchmark(root / "nnUNet_raw", 990, num_train=num_train, num_test=2, size=size, dims=dims, seed=0)
@@ -57,6 +58,7 @@ def trainers(configuration: str, lookahead: int, names: tuple[str, ...] = TRAINE
     from nnunet_dale.variants import nnUNetTrainerDALE_fast
 
     os.environ["NNUNET_DALE_LOOKAHEAD_STEPS"] = str(lookahead)
+    os.environ["NNUNET_DALE_WARMUP_FRACTION"] = "0"  # a fresh trainer is at epoch 0: time DALE's steps, not warm-up's
     classes = {"default": nnUNetTrainer, "exact": nnUNetTrainerDALE, "fast": nnUNetTrainerDALE_fast}
     torch.manual_seed(0)
     built = {name: build(classes[name], 990, configuration=configuration) for name in names}
@@ -72,10 +74,6 @@ def batches(trainer, n: int) -> list[dict]:
     return [next(loader) for _ in range(n)]
 
 
-def copy(batch: dict) -> dict:
-    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
-
-
 def time_steps(configuration: str, steps: int, warmup: int, lookahead: int) -> dict:
     built = trainers(configuration, lookahead)
     data = batches(built["default"], steps + warmup)
@@ -86,7 +84,7 @@ def time_steps(configuration: str, steps: int, warmup: int, lookahead: int) -> d
             if name in phases:
                 trainer.phase_times = {}
             start = time.perf_counter()
-            trainer.train_step(copy(batch))
+            trainer.train_step(copy_batch(batch))
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 times[name].append(elapsed)
@@ -183,7 +181,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
 
     trainer._confidence = probe
     for batch in batches(trainer, steps):
-        trainer.train_step(copy(batch))
+        trainer.train_step(copy_batch(batch))
     result = {k: agree / max(total, 1e-12) for k, (agree, total) in counts.items()}
     return {**result, **{f"cos_{k}": statistics.median(v) for k, v in cosines.items()}}
 
@@ -207,12 +205,12 @@ def peak_memory(configuration: str, which: str, steps: int, lookahead: int) -> d
     """
     trainer = trainers(configuration, lookahead, (which,))[which]
     data = batches(trainer, steps + 1)
-    trainer.train_step(copy(data[0]))
+    trainer.train_step(copy_batch(data[0]))
     gc.collect()
     before = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     for batch in data[1:]:
-        trainer.train_step(copy(batch))
+        trainer.train_step(copy_batch(batch))
     peak = _status_kb("VmHWM")
     state = [t for group in trainer.optimizer.state.values() for t in group.values() if torch.is_tensor(t)]
     params = list(trainer.network.parameters())
@@ -258,9 +256,9 @@ def main() -> None:
     if not args.no_memory and Path("/proc/self/clear_refs").exists():
         for which in TRAINERS:
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-child", which, "--workdir", str(workdir), "--size", str(args.size),
-                 "--dims", str(args.dims), "--steps", "5", "-K", str(args.lookahead)],
-                capture_output=True, text=True, check=True, env={**os.environ, **MEMORY_ENV},
+                [sys.executable, "-m", "benchmarks.step_cost", "--memory-child", which, "--workdir", str(workdir),
+                 "--size", str(args.size), "--dims", str(args.dims), "--steps", "5", "-K", str(args.lookahead)],
+                capture_output=True, text=True, check=True, env={**os.environ, **MEMORY_ENV}, cwd=REPO,
             )  # fmt: skip
             memory[which] = json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,6 +1,6 @@
 """Time to accuracy from finished nnU-Net trainings: when does DALE reach the default trainer's final Dice?
 
-    python benchmarks/time_to_accuracy.py RESULTS/DatasetXXX_Name nnUNetTrainer_bench nnUNetTrainerDALE_bench \\
+    python -m benchmarks.time_to_accuracy RESULTS/DatasetXXX_Name nnUNetTrainer_bench nnUNetTrainerDALE_bench \\
         --folds 0 1 2 [--plot time_to_accuracy.png]
 
 Reads the per-epoch validation pseudo-Dice (nnU-Net's EMA, `ema_fg_dice`) and epoch timestamps that nnU-Net stores

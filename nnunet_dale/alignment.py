@@ -14,6 +14,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "Alignment",
+    "ClassGaussians",
+    "alignment_loss",
+    "class_gaussians",
+    "class_membership",
+    "fuzzy_objective",
+    "gaussian_w2",
+    "perturb_covariance",
+    "pooled_gaussians",
+    "resize_to",
+]
+
 
 def class_membership(target: torch.Tensor, num_classes: int, regions: bool, ignore_label: int | None) -> torch.Tensor:
     """One-hot class membership (B, C, *spatial) of integer labels, or the region masks themselves (regions)."""

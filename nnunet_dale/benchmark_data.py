@@ -25,8 +25,24 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from nnunet_dale.evaluation import dice
-from nnunet_dale.files import staging_dir
+from nnunet_dale.files import load_array, staging_dir
+from nnunet_dale.metrics import dice
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "REFERENCE_SIZE",
+    "Lesion",
+    "annotate",
+    "clean_label",
+    "draw_case",
+    "lesion_fuzziness",
+    "make_benchmark",
+    "miss_probability",
+    "nearest_lesion_cells",
+    "noise_statistics",
+    "plot_noise_examples",
+    "signed_distance",
+]
 
 GENERATOR_VERSION = 1
 REFERENCE_SIZE = 64
@@ -375,25 +391,6 @@ def annotate(
 # ----------------------------------------------------------------------------------------------------------------------
 # files
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_png(path: str | os.PathLike) -> np.ndarray:
-    """A single-channel PNG as a 2D numpy array (its stored dtype)."""
-    with Image.open(path) as img:
-        array = np.array(img)
-    if array.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel PNG, got an array of shape {array.shape}")
-    return array
-
-
-def load_array(path: str | os.PathLike) -> np.ndarray:
-    """An image or label written by ``make_benchmark``: PNG (2D) or NIfTI .nii.gz (3D, stored axis order)."""
-    path = Path(path)
-    if path.name.endswith(".nii.gz"):
-        import nibabel
-
-        return np.asarray(nibabel.load(path).dataobj)
-    return load_png(path)
 
 
 def _save(array: np.ndarray, path: Path) -> None:

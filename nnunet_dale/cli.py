@@ -14,6 +14,8 @@ from nnunet_dale import __version__, trainers_path
 from nnunet_dale.config import DALEConfigError
 from nnunet_dale.demo import DemoError
 
+__all__ = ["USER_ERRORS", "build_parser", "main"]
+
 # errors a user can cause by what they typed or pointed at: reported in one line, without a traceback
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, DALEConfigError, DemoError)
 
@@ -173,8 +175,7 @@ def _progress(verb: str):
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from nnunet_dale.audit import audit, audit_quality, clean_labels_folder
-    from nnunet_dale.evaluation import json_safe
-    from nnunet_dale.files import atomic_write
+    from nnunet_dale.files import atomic_write, json_safe
 
     settings = _omega_settings(args, band=args.band, threshold=args.threshold, top=args.top)
     csv_path = audit(
@@ -220,6 +221,8 @@ def _add_omega_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_dale.converters import CONVERTERS
+
     parser = argparse.ArgumentParser(
         prog="nnunet-dale", description="DALE (Minding Fuzzy Regions, CVPR 2025) for nnU-Net v2."
     )
@@ -278,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("convert", help="public dataset (official layout or .zip) -> nnU-Net raw dataset")
-    p.add_argument("dataset", choices=["isic2016", "isic2017", "ph2", "kvasir", "polyp", "mosmed", "busi"])
+    p.add_argument("dataset", choices=list(CONVERTERS))
     p.add_argument("source", help="the dataset's folder as downloaded (or its .zip)")
     p.add_argument("-d", "--id", type=int, required=True, help="nnU-Net dataset id")
     p.add_argument("--max-size", type=int, help="downsample: longer side at most PX")

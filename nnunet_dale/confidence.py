@@ -20,6 +20,24 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.utils._pytree import tree_flatten, tree_map
 
+__all__ = [
+    "Confidence",
+    "Forward",
+    "OutputLoss",
+    "Transform",
+    "adam_on_omega",
+    "class_means",
+    "class_medians",
+    "confidence_hypergradient",
+    "fast_confidence",
+    "functional_forward",
+    "learn_confidence",
+    "normalised_hypergradient",
+    "output_difference",
+    "output_tangent",
+    "shadow_parameters",
+]
+
 Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], Any]
 OutputLoss = Callable[..., torch.Tensor]
 Transform = Callable[[torch.Tensor], torch.Tensor]

@@ -24,6 +24,25 @@ LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast")
 OMEGA_CENTRES = ("mean", "median")
 
+__all__ = [
+    "CONTROL_VARIABLES",
+    "ENV_FILE",
+    "ENV_PREFIX",
+    "FEATURE_SITES",
+    "LW_SCALES",
+    "OMEGA_CENTRES",
+    "OMEGA_MODES",
+    "PAPER",
+    "SHIPPED",
+    "DALEConfig",
+    "DALEConfigError",
+    "default_patch_size",
+    "load_config",
+    "patches_per_side",
+    "resolve_patch_size",
+    "split_options",
+]
+
 
 class DALEConfigError(ValueError):
     """A DALE hyper-parameter is invalid; the message names it and the accepted values."""
@@ -236,3 +255,14 @@ def resolve_patch_size(
             f"DALE patch_size {patch} is larger than the network's patch size {tuple(network_patch)} along some axis"
         )
     return patch
+
+
+def split_options(config: DALEConfig) -> dict[str, Any]:
+    """The keyword arguments of `split.fuzzy_split` a configuration sets: the soft threshold tau (Eq. 6), the
+    histogram bins (Eq. 3) and which criteria are used (AE, ER). The trainer and the audit split with these."""
+    return {
+        "tau": config.tau,
+        "bins": config.entropy_bins,
+        "use_entropy": config.use_entropy,
+        "use_edges": config.use_edges,
+    }

@@ -3,7 +3,7 @@
 generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (both trainers, same short
 schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table and PNG.
 Everything lives in one output folder; finished steps are reused when the demo is run again. `RawDatasetDemo` runs
-the same steps on an existing raw dataset with a test split (benchmarks/real_data.py).
+the same steps on an existing raw dataset with a test split (`python -m benchmarks.real_data`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 
-from nnunet_dale import trainers_path
 from nnunet_dale.benchmark_data import make_benchmark
+from nnunet_dale.nnunet_env import FOLDER_VARIABLES, nnunet_environment
+
+__all__ = ["BIN", "Demo", "DemoError", "DemoSettings", "RawDatasetDemo", "nnunet_command", "run_demo"]
 
 BIN = Path(sys.executable).parent
 
@@ -62,16 +64,7 @@ class Demo:
         self.s = settings
         self.raw = self.out / "nnUNet_raw"
         self.logs = self.out / "logs"
-        self.env = {
-            **os.environ,
-            "nnUNet_raw": str(self.raw),
-            "nnUNet_preprocessed": str(self.out / "nnUNet_preprocessed"),
-            "nnUNet_results": str(self.out / "nnUNet_results"),
-            "nnUNet_extTrainer": str(trainers_path()),
-            "nnUNet_def_n_proc": "1",
-            "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "1"),
-            "nnUNet_compile": "false",
-        }
+        self.env = nnunet_environment(self.out, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "1"))
 
     # ------------------------------------------------------------------ steps
     def run(self) -> Path:
@@ -139,7 +132,7 @@ class Demo:
         if all((out / f"{case}.npy").is_file() for case in cases):
             return out
         self._say(f"   ω maps of {self.s.dale} (fold {fold}) on the figure's {len(cases)} example cases")
-        folders = {k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+        folders = {k: self.env[k] for k in FOLDER_VARIABLES}
         try:
             with mock.patch.dict(os.environ, folders):  # the audit reads the preprocessed training cases from there
                 omega_maps(self._result_folder(self.s.dale, fold), self.dataset / "imagesTs",

@@ -1,4 +1,5 @@
-"""Plumbing for writing outputs: files and folders that appear whole, with the mode the user's umask gives.
+"""Plumbing for reading and writing outputs: files and folders that appear whole, with the mode the user's umask
+gives; values made JSON-safe; the segmentation and benchmark image readers every tool shares.
 
 `tempfile.mkstemp` / `mkdtemp` create 0600 files and 0700 folders whatever the umask; a result renamed into place
 from them would stay readable by its owner only. These helpers give the temporary the mode a plain `open` or
@@ -7,13 +8,25 @@ from them would stay readable by its owner only. These helpers give the temporar
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "default_mode", "staging_dir"]
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "default_mode",
+    "json_safe",
+    "load_array",
+    "load_png",
+    "read_segmentation",
+    "staging_dir",
+    "supported_endings",
+]
 
 
 def default_mode(directory: bool = False) -> int:
@@ -43,3 +56,70 @@ def staging_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
     folder.chmod(default_mode(directory=True))
     return folder
+
+
+def json_safe(value):
+    """`value` with numpy scalars as Python numbers and NaN as None, in nested dicts, lists and tuples."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# readers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def supported_endings() -> list[str]:
+    """The file endings nnU-Net's readers know, longest first (".nii.gz" before ".gz")."""
+    from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
+
+    return sorted({e.lower() for rw in LIST_OF_IO_CLASSES for e in rw.supported_file_endings}, key=len, reverse=True)
+
+
+def read_segmentation(reader, path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A segmentation as an integer (H, W) or (D, H, W) array and its spacing in array-axis order."""
+    try:
+        seg, props = reader.read_seg(str(path))
+    except (RuntimeError, OSError, ValueError, SyntaxError) as error:  # SimpleITK / PIL / nibabel on a bad file
+        raise ValueError(f"{path}: cannot read it as a segmentation ({type(error).__name__}: {error})") from None
+    seg = np.asarray(seg)
+    if seg.ndim not in (3, 4) or seg.shape[0] != 1:
+        raise ValueError(f"{path}: expected a single-channel 2D or 3D segmentation, got array shape {seg.shape}")
+    seg = seg[0]
+    spacing = tuple(float(s) for s in props["spacing"])
+    if seg.ndim == 3 and seg.shape[0] == 1:  # 2D images come as (1, H, W) with a dummy first spacing (999 for PNG)
+        seg, spacing = seg[0], spacing[1:]
+    if np.issubdtype(seg.dtype, np.floating):
+        rounded = np.rint(seg)
+        if not np.array_equal(rounded, seg):
+            raise ValueError(f"{path}: segmentation holds non-integer values")
+        seg = rounded
+    return seg.astype(np.int32, copy=False), spacing
+
+
+def load_png(path: str | os.PathLike) -> np.ndarray:
+    """A single-channel PNG as a 2D numpy array (its stored dtype)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.array(img)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel PNG, got an array of shape {array.shape}")
+    return array
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """An image or label written by ``make_benchmark``: PNG (2D) or NIfTI .nii.gz (3D, stored axis order)."""
+    path = Path(path)
+    if path.name.endswith(".nii.gz"):
+        import nibabel
+
+        return np.asarray(nibabel.load(path).dataobj)
+    return load_png(path)

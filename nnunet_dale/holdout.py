@@ -22,16 +22,28 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_dale.converters import (
+from nnunet_dale.files import staging_dir
+from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
-    _datasets_with_id,
-    _raw_root,
+    datasets_with_id,
     discard_work,
     remove,
+    resolve_raw_root,
     swap_into_place,
 )
-from nnunet_dale.files import staging_dir
+
+__all__ = [
+    "HOLD_OUT_KEY",
+    "TEST_SPLIT",
+    "check_hold_out",
+    "choose_test_cases",
+    "existing_test_split",
+    "format_record",
+    "held_out_count",
+    "hold_out_in_place",
+    "hold_out_test_set",
+]
 
 HOLD_OUT_KEY = "hold_out"  # the record in dataset.json
 TEST_SPLIT = ("imagesTs", "labelsTs")
@@ -229,8 +241,8 @@ def _updated_official_splits(path: Path, test: set[str]) -> list | None:
 
 def _find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path:
     if isinstance(dataset, (int, np.integer)) and not isinstance(dataset, bool):
-        root = _raw_root(raw_root)
-        found = _datasets_with_id(root, int(dataset))
+        root = resolve_raw_root(raw_root)
+        found = datasets_with_id(root, int(dataset))
         if len(found) != 1:
             what = ", ".join(str(p) for p in found) if found else "none"
             raise ConversionError(f"expected one dataset with id {dataset} in {root}; found {what}")

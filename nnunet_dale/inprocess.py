@@ -1,7 +1,8 @@
 """Plumbing: nnU-Net's steps in this Python process, for benchmarks and tests (the CLIs run them in subprocesses).
 
 Planning and preprocessing through nnU-Net's Python API, a trainer built on the CPU as `nnUNetv2_train` builds it,
-and its training loader with augmentation in this process (no worker process to leak).
+its training loader with augmentation in this process (no worker process to leak), and a copy of a batch (to feed
+the same batch to several trainers). The nnU-Net folders and environment are in `nnunet_dale.nnunet_env`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["build_trainer", "plan_and_preprocess", "single_process_loader"]
+__all__ = ["build_trainer", "copy_batch", "plan_and_preprocess", "single_process_loader"]
 
 
 def plan_and_preprocess(dataset_id: int, configurations: tuple[str, ...] = ("2d",)) -> None:
@@ -53,3 +54,9 @@ def single_process_loader(trainer):
             del os.environ["nnUNet_n_proc_DA"]
         else:
             os.environ["nnUNet_n_proc_DA"] = previous
+
+
+def copy_batch(batch: dict) -> dict:
+    """A copy of a training batch ({"data", "target": [one tensor per deep-supervision output]}): a train step may
+    change its batch in place."""
+    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}

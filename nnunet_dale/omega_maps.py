@@ -5,15 +5,15 @@ For each case (nnU-Net raw images `CASE_0000<ending>`, ... and its reference lab
 1. the image is preprocessed by nnU-Net's own preprocessor class of the model's configuration, as nnU-Net's
    predictor does (without the label: transpose, crop to the nonzero region, normalise, resample); the label goes
    through the same preprocessing (same crop box and resampling, as for training cases);
-2. `audit.audit_image` gives the mean omega* over the audit's passes on every 2D slice, against the non-fuzzy regions
-   of the model's preprocessed training cases (`audit.ContextSlices`: the first `settings.context` ones, since a
-   test case is not in the training list), or of the case itself with reference "self";
+2. `audit.omega.audit_image` gives the mean omega* over the audit's passes on every 2D slice, against the non-fuzzy
+   regions of the model's preprocessed training cases (`audit.omega.ContextSlices`: the first `settings.context` ones,
+   since a test case is not in the training list), or of the case itself with reference "self";
 3. the map goes back to the raw geometry by nnU-Net's export steps in reverse order of the preprocessing
    (`export_prediction.convert_predicted_logits_to_segmentation_with_correct_shape`): resampled to the cropped shape
    with the configuration's probability resampling, inserted into the crop box (omega = 1 outside: no change),
    transposed back;
 4. it is saved as `<case>.npy` (float32) in the reference label's shape as `compare` reads it
-   (`evaluation.read_segmentation`: 2D images without their leading singleton axis), atomically.
+   (`files.read_segmentation`: 2D images without their leading singleton axis), atomically.
 
 Every case is checked (files, shapes, label values) before the first omega is computed. See docs/usage-compare.md.
 """
@@ -30,18 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_dale.audit import (
-    AuditError,
-    AuditSettings,
-    ContextSlices,
-    TrainedModel,
-    audit_image,
-    case_arrays,
-    open_model,
-    preprocessed_dataset,
-)
-from nnunet_dale.evaluation import read_segmentation
-from nnunet_dale.files import atomic_write
+from nnunet_dale.audit.model import TrainedModel, open_model, preprocessed_dataset
+from nnunet_dale.audit.omega import ContextSlices, audit_image, case_arrays
+from nnunet_dale.audit.settings import AuditError, AuditSettings
+from nnunet_dale.files import atomic_write, read_segmentation
+
+__all__ = [
+    "RawCase",
+    "TestCase",
+    "case_omega",
+    "find_cases",
+    "omega_maps",
+    "preprocess_case",
+    "read_case",
+    "to_raw_geometry",
+]
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,15 @@ import numpy as np  # noqa: E402
 from batchgenerators.utilities.file_and_folder_operations import join  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
+__all__ = [
+    "CONFIG_KEY",
+    "DALE_STATS",
+    "NOT_ALWAYS_DEFINED",
+    "PANEL_LOSSES",
+    "PANEL_SHARES",
+    "DALELocalLogger",
+]
+
 # logged key -> label in the log file and the plot
 DALE_STATS = {
     "dale_fuzzy_fraction": "fuzzy fraction",

@@ -15,6 +15,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "FuzzySplit",
+    "PatchGrid",
+    "edge_ratio",
+    "fuzzy_split",
+    "label_edges",
+    "minmax_normalise",
+    "patch_entropy",
+    "patch_grid",
+    "patch_mean",
+    "score_map",
+    "soft_masks",
+]
+
 
 @dataclass(frozen=True)
 class PatchGrid:
@@ -144,3 +158,10 @@ def fuzzy_split(
         nonfuzzy=nonfuzzy[:, grid.index].view(shape).to(image.dtype),
         score=m,
     )
+
+
+def score_map(split: FuzzySplit, patch_size: Sequence[int]) -> torch.Tensor:
+    """The per-patch fuzziness m of `split` (made with `patch_size`) spread to its voxels -> (B, *spatial)."""
+    spatial = tuple(split.fuzzy.shape[2:])
+    grid = patch_grid(spatial, tuple(int(p) for p in patch_size), split.score.device)
+    return split.score[:, grid.index].view(split.score.shape[0], *spatial)

@@ -41,10 +41,12 @@ from nnunet_dale.confidence import (
     learn_confidence,
     normalised_hypergradient,
 )
-from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size
+from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size, split_options
 from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
-from nnunet_dale.weighted_loss import PixelWeightedDCandBCE, PixelWeightedDCandCE, weight_pyramid
+from nnunet_dale.weighted_loss import pixel_weighted_loss, weight_pyramid
+
+__all__ = ["ALLOW_CONFIG_CHANGE", "OMEGA_MOVED", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
 
 ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"
 OMEGA_MOVED = 1e-3  # |omega - 1| above this counts as moved (dale_omega_moved)
@@ -133,11 +135,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
 
     def _build_dale_loss(self) -> nn.Module:
         """The pixel-weighted twin of nnU-Net's loss, with the same deep-supervision weights."""
-        common = {"batch_dice": self.configuration_manager.batch_dice, "smooth": 1e-5, "ddp": self.is_ddp}
-        if self.label_manager.has_regions:
-            loss = PixelWeightedDCandBCE(**common, use_ignore_label=self.label_manager.ignore_label is not None)
-        else:
-            loss = PixelWeightedDCandCE(**common, do_bg=False, ignore_label=self.label_manager.ignore_label)
+        loss = pixel_weighted_loss(self.label_manager, self.configuration_manager.batch_dice, self.is_ddp)
         if isinstance(self.loss, DeepSupervisionWrapper):
             loss = DeepSupervisionWrapper(loss, self.loss.weight_factors)
         return loss
@@ -240,10 +238,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
 
     def split(self, data: torch.Tensor, full_target: torch.Tensor) -> FuzzySplit:
         """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""
-        cfg = self.dale_config
-        return fuzzy_split(
-            data, full_target, self.dale_patch_size, cfg.tau, cfg.entropy_bins, cfg.use_entropy, cfg.use_edges
-        )
+        return fuzzy_split(data, full_target, self.dale_patch_size, **split_options(self.dale_config))
 
     def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor):
         """omega_normalise: the hypergradient centred per class (omega_centre) and RMS-scaled over the fuzzy voxels."""

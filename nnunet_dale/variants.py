@@ -10,6 +10,49 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_dale.config import PAPER, SHIPPED
 from nnunet_dale.trainer import nnUNetTrainerDALE
 
+__all__ = [
+    "nnUNetTrainer_bench",
+    "nnUNetTrainer_benchSameTime",
+    "nnUNetTrainer_demo",
+    "nnUNetTrainer_finetune",
+    "nnUNetTrainer_quick",
+    "nnUNetTrainerDALE_100epochs",
+    "nnUNetTrainerDALE_250epochs",
+    "nnUNetTrainerDALE_50epochs",
+    "nnUNetTrainerDALE_5epochs",
+    "nnUNetTrainerDALE_AEonly",
+    "nnUNetTrainerDALE_allFixes",
+    "nnUNetTrainerDALE_allFixes_bench",
+    "nnUNetTrainerDALE_bench",
+    "nnUNetTrainerDALE_bottleneck",
+    "nnUNetTrainerDALE_demo",
+    "nnUNetTrainerDALE_ERonly",
+    "nnUNetTrainerDALE_fast",
+    "nnUNetTrainerDALE_finetune",
+    "nnUNetTrainerDALE_finetune_quick",
+    "nnUNetTrainerDALE_noLW",
+    "nnUNetTrainerDALE_noOmega",
+    "nnUNetTrainerDALE_omegaMedian",
+    "nnUNetTrainerDALE_omegaMedian_bench",
+    "nnUNetTrainerDALE_omegaNorm",
+    "nnUNetTrainerDALE_omegaNorm_bench",
+    "nnUNetTrainerDALE_paper",
+    "nnUNetTrainerDALE_paper_bench",
+    "nnUNetTrainerDALE_quick",
+    "nnUNetTrainerDALE_realImage",
+    "nnUNetTrainerDALE_realImage_bench",
+    "nnUNetTrainerDALE_singleUpdate",
+    "nnUNetTrainerDALE_singleUpdate_bench",
+    "nnUNetTrainerDALE_splitPatches",
+    "nnUNetTrainerDALE_splitPatches_bench",
+    "nnUNetTrainerDALE_stableLW",
+    "nnUNetTrainerDALE_stableLW_bench",
+    "nnUNetTrainerDALE_twoSteps",
+    "nnUNetTrainerDALE_twoSteps_bench",
+    "nnUNetTrainerDALE_warmup",
+    "nnUNetTrainerDALE_warmup_bench",
+]
+
 
 class _Schedule:
     """Mixin setting nnU-Net's epoch count and iterations per epoch; place before the trainer class."""

@@ -18,6 +18,15 @@ from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from torch import nn
 
+__all__ = [
+    "PixelWeightedDCandBCE",
+    "PixelWeightedDCandCE",
+    "pixel_weighted_loss",
+    "weight_pyramid",
+    "weighted_mean",
+    "weighted_soft_dice",
+]
+
 
 def weighted_soft_dice(
     probs: torch.Tensor,
@@ -125,3 +134,13 @@ def weight_pyramid(weight: torch.Tensor, targets: torch.Tensor | Sequence[torch.
     return [
         weight if t.shape[2:] == weight.shape[2:] else F.interpolate(weight, t.shape[2:], mode="area") for t in targets
     ]
+
+
+def pixel_weighted_loss(label_manager, batch_dice: bool, ddp: bool = False) -> nn.Module:
+    """The pixel-weighted twin of the loss nnU-Net builds for these labels (without deep supervision): Dice + BCE for
+    region-based labels, else Dice + CE without background in the Dice; smooth 1e-5 and the ignore label as nnU-Net
+    sets them. The trainer and the audit both build their loss here."""
+    common = {"batch_dice": batch_dice, "smooth": 1e-5, "ddp": ddp}
+    if label_manager.has_regions:
+        return PixelWeightedDCandBCE(**common, use_ignore_label=label_manager.ignore_label is not None)
+    return PixelWeightedDCandCE(**common, do_bg=False, ignore_label=label_manager.ignore_label)

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_dale.inprocess import build_trainer, plan_and_preprocess, single_process_loader  # noqa: F401
+from nnunet_dale.inprocess import build_trainer, copy_batch, plan_and_preprocess, single_process_loader  # noqa: F401
+from nnunet_dale.nnunet_env import (
+    DALE_VARIABLE_PREFIX,
+    SINGLE_PROCESS,
+    nnunet_environment,
+    nnunet_folders,
+    without_dale_variables,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,15 +28,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def nnunet_dirs(tmp_path_factory) -> dict[str, Path]:
     """nnUNet_raw / _preprocessed / _results in a session temporary folder, set for the whole session."""
     root = tmp_path_factory.mktemp("nnunet")
-    dirs = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for d in dirs.values():
-        d.mkdir()
+    dirs = nnunet_folders(root, create=True)
     patch = pytest.MonkeyPatch()
     for name, path in dirs.items():
         patch.setenv(name, str(path))
-    patch.setenv("nnUNet_def_n_proc", "1")
-    patch.setenv("nnUNet_n_proc_DA", "1")  # the planner needs >= 1; loaders in tests use `single_process_loader`
-    for key in [k for k in os.environ if k.startswith("NNUNET_DALE_")]:
+    for name, value in SINGLE_PROCESS.items():  # loaders in tests use `single_process_loader`
+        patch.setenv(name, value)
+    for key in [k for k in os.environ if k.startswith(DALE_VARIABLE_PREFIX)]:
         patch.delenv(key)
     yield dirs
     patch.undo()
@@ -57,10 +62,6 @@ def batch(dataset_2d):
     from nnunet_dale.trainer import nnUNetTrainerDALE
 
     return next(single_process_loader(build(nnUNetTrainerDALE, dataset_2d)))
-
-
-def copy_batch(batch):
-    return {"data": batch["data"].clone(), "target": [t.clone() for t in batch["target"]]}
 
 
 def train_result_folder(cls, dataset_id: int, steps: int, results: Path, seed: int = 0) -> Path:
@@ -98,11 +99,8 @@ def run_cli(*cmd: str, env: dict, ok: bool = True) -> subprocess.CompletedProces
 
 
 def cli_env(root: Path) -> dict:
-    """The environment for nnU-Net's command lines: nnUNet_* folders under `root`, DALE's trainers findable."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir(exist_ok=True)
-        environ[name] = str(root / name)
-    trainers = run_cli("nnunet-dale", "trainers-path", env=environ).stdout.strip()
-    environ.update(nnUNet_extTrainer=trainers, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", nnUNet_compile="false")
+    """The environment for nnU-Net's command lines (`nnunet_env.nnunet_environment`): nnUNet_* folders under `root`,
+    no NNUNET_DALE_* overrides, DALE's trainers findable where `nnunet-dale trainers-path` says."""
+    environ = nnunet_environment(root, without_dale_variables(), create=True)
+    environ["nnUNet_extTrainer"] = run_cli("nnunet-dale", "trainers-path", env=environ).stdout.strip()
     return environ

@@ -1,19 +1,14 @@
-"""benchmarks/ablation.py's table row against numbers worked out by hand from two tiny evaluation folders."""
+"""benchmarks.ablation's table row against numbers worked out by hand from two tiny evaluation folders."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import ablation
 from nnunet_dale.compare import compare
-
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import ablation  # noqa: E402
 
 
 def evaluation(folder: Path, dice: list[float], hd95: list[float]) -> Path:

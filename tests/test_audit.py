@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import types
 from pathlib import Path
 
@@ -21,9 +20,6 @@ from nnunet_dale.audit import (
     AuditSettings,
     CaseAudit,
     TrainedModel,
-    _forward_transform,
-    _inverse_transform,
-    _tile_starts,
     audit_case,
     audit_quality,
     auroc,
@@ -31,11 +27,15 @@ from nnunet_dale.audit import (
     case_corruption,
     checked_device,
     context_identifiers,
+    csv_text,
+    forward_transform,
+    inverse_transform,
     omega_noisy,
     pass_transforms,
     rank_rows,
     reference_batch,
     region_statistics,
+    tile_starts,
     writable_folder,
 )
 from nnunet_dale.cli import main
@@ -44,6 +44,7 @@ from nnunet_dale.config import DALEConfig
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
+from conftest import cli_env
 from conftest import run_cli as run
 
 
@@ -119,15 +120,15 @@ def test_passes_are_distinct_flips_and_rotations_that_are_undone():
     assert len({(r, f) for r, f, _ in passes}) == 8 and all(o == (0, 0) for *_, o in passes)
     images = set()
     for rot, flip, _ in passes:
-        moved = _forward_transform(x, rot, flip)
+        moved = forward_transform(x, rot, flip)
         images.add(tuple(moved.flatten().tolist()))
-        assert torch.equal(_inverse_transform(moved, rot, flip), x)
+        assert torch.equal(inverse_transform(moved, rot, flip), x)
     assert len(images) == 8
     # non-square: only the 4 shape-preserving ones; more passes shift the split's patch grid
     passes = pass_transforms((4, 6), 8, (4, 4))
     assert {(r, f) for r, f, _ in passes} == {(0, False), (0, True), (2, False), (2, True)}
     assert [o for *_, o in passes] == [(0, 0)] * 4 + [(2, 2)] * 4
-    assert _tile_starts(64, 64) == [0] and _tile_starts(100, 64) == [0, 36] and _tile_starts(40, 64) == [0]
+    assert tile_starts(64, 64) == [0] and tile_starts(100, 64) == [0, 36] and tile_starts(40, 64) == [0]
 
 
 def _case(name: str, score: float, regions: list[float]) -> CaseAudit:
@@ -177,9 +178,8 @@ def test_auroc_matches_a_hand_count_and_sklearn():
 
 def _write_audit_csv(path: Path, scores: dict[str, float]) -> None:
     rows = rank_rows([_case(k, v, [v]) for k, v in scores.items()])
-    from nnunet_dale.audit import _csv_text
 
-    path.write_text(_csv_text(rows))
+    path.write_text(csv_text(rows))
 
 
 def test_audit_quality_against_the_clean_labels(tmp_path):
@@ -382,14 +382,7 @@ def test_clear_errors_for_a_missing_folder_checkpoint_or_preprocessed_path(tmp_p
 
 @pytest.mark.slow
 def test_audit_command_on_a_trained_dale_model(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        env[name] = str(tmp_path / name)
-    env.update(
-        nnUNet_extTrainer=run("nnunet-dale", "trainers-path", env=env).stdout.strip(),
-        nnUNet_def_n_proc="1", nnUNet_n_proc_DA="1", nnUNet_compile="false",
-    )  # fmt: skip
+    env = cli_env(tmp_path)
     run("nnunet-dale", "make-benchmark", "--id", "984", "--train", "6", "--test", "1", "--size", "64", env=env)
     run("nnUNetv2_plan_and_preprocess", "-d", "984", "-c", "2d", "-np", "1", "-npfp", "1", env=env)
     run("nnUNetv2_train", "984", "2d", "0", "-tr", "nnUNetTrainerDALE_quick", "-device", "cpu", env=env)

@@ -10,14 +10,9 @@ import pytest
 from scipy import ndimage, stats
 
 from nnunet_dale import benchmark_data as bd
-from nnunet_dale.benchmark_data import (
-    dice,
-    lesion_fuzziness,
-    load_array,
-    load_png,
-    make_benchmark,
-    plot_noise_examples,
-)
+from nnunet_dale.benchmark_data import lesion_fuzziness, make_benchmark, plot_noise_examples
+from nnunet_dale.files import load_array, load_png
+from nnunet_dale.metrics import dice
 
 SMALL = dict(num_train=8, num_test=3, size=64)
 

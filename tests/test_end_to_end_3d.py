@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from nnunet_dale import trainers_path
 from nnunet_dale.benchmark_data import make_benchmark
+from nnunet_dale.nnunet_env import nnunet_environment, without_dale_variables
 
 from conftest import run_cli as run
 
@@ -36,20 +37,12 @@ class {TRAINER}(nnUNetTrainerDALE_quick):
 
 
 def test_3d_anisotropic_plan_train_validate(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
-    # the anisotropy rule of the 16 px patch (not the shipped patches per side) and no warm-up in the one epoch
-    env.update(NNUNET_DALE_SPLIT_PATCHES="0", NNUNET_DALE_WARMUP_FRACTION="0")
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (tmp_path / name).mkdir()
-        env[name] = str(tmp_path / name)
     (tmp_path / "extra_trainers").mkdir()
     (tmp_path / "extra_trainers" / "dale_3d_test_trainers.py").write_text(VARIANT)
-    env.update(
-        nnUNet_extTrainer=os.pathsep.join([str(tmp_path / "extra_trainers"), str(trainers_path())]),
-        nnUNet_def_n_proc="1",
-        nnUNet_n_proc_DA="1",
-        nnUNet_compile="false",
-    )
+    trainers = os.pathsep.join([str(tmp_path / "extra_trainers"), str(trainers_path())])
+    env = nnunet_environment(tmp_path, without_dale_variables(), create=True, trainers=trainers)
+    # the anisotropy rule of the 16 px patch (not the shipped patches per side) and no warm-up in the one epoch
+    env.update(NNUNET_DALE_SPLIT_PATCHES="0", NNUNET_DALE_WARMUP_FRACTION="0")
     dataset = make_benchmark(tmp_path / "nnUNet_raw", dataset_id=992, dims=3, size=32, num_train=6, num_test=2)
     volumes = sorted((dataset / "imagesTr").glob("*.nii.gz")) + sorted((dataset / "labelsTr").glob("*.nii.gz"))
     assert len(volumes) == 12

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from nnunet_dale.evaluation import case_metrics, evaluate_folders, reference_fuzzy_mask, surface_distances
+from nnunet_dale.evaluation import evaluate_folders
+from nnunet_dale.metrics import case_metrics, reference_fuzzy_mask, surface_distances
 
 
 # ------------------------------------------------------------------------------------------- independent reference

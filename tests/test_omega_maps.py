@@ -18,9 +18,9 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from PIL import Image
 
 from nnunet_dale.audit import AuditSettings, audit_image, load_trained_model
-from nnunet_dale.benchmark_data import load_png
 from nnunet_dale.cli import main
 from nnunet_dale.confidence import learn_confidence
+from nnunet_dale.files import load_png
 from nnunet_dale.omega_maps import RawCase, preprocess_case, to_raw_geometry
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.trainer import nnUNetTrainerDALE

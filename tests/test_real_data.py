@@ -1,10 +1,9 @@
-"""The demo's pipeline on an existing raw dataset (RawDatasetDemo, benchmarks/real_data.py), without training: the
+"""The demo's pipeline on an existing raw dataset (RawDatasetDemo, benchmarks.real_data), without training: the
 commands it would run and the folders it would read, recorded instead of run; and the shared results writer."""
 
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,10 @@ import pytest
 from nnunet_dale.converters import convert
 from nnunet_dale.demo import DemoError, DemoSettings, RawDatasetDemo
 
-from conftest import REPO, SHARED_DATA
+from conftest import SHARED_DATA
 
 ISIC = SHARED_DATA / "ISIC2017_val_subset"
 needs_isic = pytest.mark.skipif(not ISIC.is_dir(), reason=f"real ISIC 2017 subset not available at {ISIC}")
-sys.path.insert(0, str(REPO / "benchmarks"))
 QUICK = DemoSettings(baseline="nnUNetTrainer_quick", dale="nnUNetTrainerDALE_quick", fold=1)
 
 
@@ -96,7 +94,7 @@ def test_raw_dataset_demo_errors(tmp_path):
 
 @needs_isic
 def test_real_data_benchmark_converts_once_then_reuses(tmp_path, monkeypatch):
-    from real_data import RealData, RealDataBenchmark, parse_args, schedule
+    from benchmarks.real_data import RealData, RealDataBenchmark, parse_args, schedule
 
     args = parse_args(["--quick", "-o", str(tmp_path / "work"), "--source", str(ISIC)])
     assert (args.max_size, args.folds, args.hold_out) == (32, [0], 0.3)
@@ -126,13 +124,13 @@ def test_real_data_benchmark_converts_once_then_reuses(tmp_path, monkeypatch):
 
 
 def test_demote_headings():
-    from report import demote_headings
+    from benchmarks.report import demote_headings
 
     assert demote_headings("# A\n\ntext #1\n## B\n| x |") == "### A\n\ntext #1\n#### B\n| x |"
 
 
 def test_write_section_replaces_or_appends(tmp_path):
-    from report import write_section
+    from benchmarks.report import write_section
 
     path = tmp_path / "results.md"
     write_section(path, "a", "first")

@@ -22,6 +22,7 @@ import torch
 
 from nnunet_dale import trainers_path
 from nnunet_dale.config import SHIPPED, load_config
+from nnunet_dale.nnunet_env import nnunet_environment, without_dale_variables
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -60,13 +61,8 @@ def epochs_started(log: Path) -> list[int]:
 def test_kill_and_resume_continues_with_the_same_dale_configuration(dataset_2d, nnunet_dirs, tmp_path):
     (tmp_path / "extra_trainers").mkdir()
     (tmp_path / "extra_trainers" / "resume_test_trainers.py").write_text(VARIANT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NNUNET_DALE_")}
-    env.update(
-        nnUNet_extTrainer=os.pathsep.join([str(tmp_path / "extra_trainers"), str(trainers_path())]),
-        nnUNet_compile="false",
-        nnUNet_n_proc_DA="1",
-        nnUNet_def_n_proc="1",
-    )
+    trainers = os.pathsep.join([str(tmp_path / "extra_trainers"), str(trainers_path())])
+    env = nnunet_environment(nnunet_dirs["nnUNet_raw"].parent, without_dale_variables(), trainers=trainers)
     out = Path(nnunet_dirs["nnUNet_results"]) / "Dataset990_DALEBench" / f"{TRAINER}__nnUNetPlans__2d" / "fold_0"
     latest, final = out / "checkpoint_latest.pth", out / "checkpoint_final.pth"
 
