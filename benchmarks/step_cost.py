@@ -106,7 +106,8 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
     """Share of fuzzy voxels whose omega moves the same way (up / down) as in exact mode, for fast mode and for the
     approximations it is made of (AGREEMENTS), on the same network state and batch, over a short fast-mode training
     run; also fast mode's agreement weighted by M^f and on the fully fuzzy voxels (M^f = 1) only, and the cosines
-    between the stale / fresh non-fuzzy gradients and the exact v."""
+    between the stale / fresh non-fuzzy gradients and the exact v. Every omega goes through the trainer's own
+    transform of the hypergradient (the shipped per-class normalisation), so the signs compared are the ones used."""
     from nnunet_dale.confidence import (
         adam_on_omega,
         confidence_hypergradient,
@@ -135,8 +136,8 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
             / (sum(float(t.pow(2).sum()) for t in a.values()) * sum(float(t.pow(2).sum()) for t in b.values())) ** 0.5
         )
 
-    def probe(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n):
-        fast = shipped(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n)
+    def probe(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n=None, transform=None):
+        fast = shipped(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
         module = unwrap(trainer.network)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         forward = functional_forward(module)
@@ -144,7 +145,7 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
         lr, shape = trainer.optimizer.param_groups[0]["lr"], split.fuzzy.shape
         exact = learn_confidence(
             forward, params, x_f, x_n, fuzzy_loss, nonfuzzy_loss, shape, lr, cfg.lookahead_steps, cfg.omega_lr,
-            fuzzy_outputs=output_f,
+            fuzzy_outputs=output_f, transform=transform,
         )  # fmt: skip
         theta_p = shadow_parameters(params, fuzzy_loss(output_f, torch.ones_like(split.fuzzy)), lr)
         v_p = grad(nonfuzzy_loss(forward(theta_p, x_n)), theta_p)
@@ -154,12 +155,13 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
 
         def with_fd(v):
             return fast_confidence(forward, params, x_f, output_f, fuzzy_loss, v, shape, lr, cfg.lookahead_steps,
-                                   cfg.omega_lr)  # fmt: skip
+                                   cfg.omega_lr, transform=transform)  # fmt: skip
 
         def with_jvp(v):
             tangent = output_tangent(forward, params, x_f, v)
             return adam_on_omega(shape, x_f, cfg.omega_lr, cfg.lookahead_steps,
-                                  lambda w: confidence_hypergradient(output_f, tangent, fuzzy_loss, w, lr))  # fmt: skip
+                                  lambda w: confidence_hypergradient(output_f, tangent, fuzzy_loss, w, lr),
+                                  transform)  # fmt: skip
 
         variants = {"fast": fast, "fd_tangent_only": with_fd(v_p), "stale_v_only": with_jvp(v_stale),
                     "fresh_v": with_fd(v_fresh), "fresh_v_jvp": with_jvp(v_fresh)}  # fmt: skip
