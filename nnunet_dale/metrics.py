@@ -10,6 +10,10 @@ Conventions (see docs/evaluation.md for the reasoning):
 * HD95 = max(P95(d(pred -> ref)), P95(d(ref -> pred))), P95 = numpy's linear-interpolation 95th percentile.
 * ASD = mean of the two directed distance sets pooled: (sum d(pred -> ref) + sum d(ref -> pred)) / (|dP| + |dR|).
 * Both masks empty: Dice = IoU = 1, HD95 = ASD = 0. Exactly one empty: Dice = IoU = 0, HD95 = ASD = NaN.
+* Far false positives: predicted foreground voxels farther than a margin (in `spacing` units) from every
+  reference foreground voxel (all predicted voxels when the reference is empty); components: connected components
+  of the predicted foreground with full connectivity (8 in 2D, 26 in 3D). Both count the spurious blobs that
+  raise HD95 without moving Dice much.
 * Fuzzy region of a reference: voxels in patches whose min-max-normalised label-edge ratio m (Eq. 4-5 of the AE&ER
   split, edge criterion only) exceeds 0.5.
 """
@@ -34,7 +38,9 @@ __all__ = [
     "boundary",
     "case_metrics",
     "check_spacing",
+    "component_count",
     "dice",
+    "far_false_positives",
     "reference_fuzzy_mask",
     "surface_distances",
 ]
@@ -112,6 +118,25 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     if n_pred + n_ref == 0:
         return 1.0
     return 2.0 * int(np.count_nonzero(pred & ref)) / (n_pred + n_ref)
+
+
+def far_false_positives(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], margin: float) -> int:
+    """Predicted foreground voxels whose distance to the nearest reference foreground voxel exceeds `margin`."""
+    pred, ref = _as_mask(pred, "prediction"), _as_mask(ref, "reference")
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ in shape")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not ref.any():
+        return int(pred.sum())
+    distance = ndimage.distance_transform_edt(~ref, sampling=check_spacing(spacing, ref.ndim))
+    return int(np.count_nonzero(pred & (distance > margin)))
+
+
+def component_count(mask: np.ndarray) -> int:
+    """Connected components of a binary mask, full connectivity (8 neighbours in 2D, 26 in 3D)."""
+    mask = _as_mask(mask, "mask")
+    return int(ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))[1])
 
 
 def case_metrics(
