@@ -13,13 +13,13 @@ Dice hardly moves.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from nnunet_dale.files import read_segmentation, supported_endings
+from nnunet_dale.compare.stats import paired_test
+from nnunet_dale.evaluation import paired_files
+from nnunet_dale.files import read_segmentation
 from nnunet_dale.metrics import component_count, far_false_positives
 
 __all__ = ["case_counts", "main", "summarise"]
@@ -27,33 +27,25 @@ __all__ = ["case_counts", "main", "summarise"]
 
 def case_counts(ref_dir: Path, pred_dir: Path, margin: float) -> dict[str, tuple[int, int]]:
     """Per reference file: (far false-positive voxels, predicted components) of the same-named prediction."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
-
-    endings = supported_endings()
-    refs = sorted(f for f in ref_dir.iterdir() if f.is_file() and any(f.name.lower().endswith(e) for e in endings))
-    if not refs:
-        raise FileNotFoundError(f"no segmentation files with a supported ending in {ref_dir}")
-    missing = [f.name for f in refs if not (pred_dir / f.name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{pred_dir} lacks {len(missing)} of the references, e.g. {missing[0]}")
-    ending = next(e for e in endings if refs[0].name.lower().endswith(e))
-    reader = determine_reader_writer_from_file_ending(ending, str(refs[0]), allow_nonmatching_filename=True)()
+    pred_files, ref_files, reader_class, _ = paired_files(pred_dir, ref_dir)
+    reader = reader_class()
     counts = {}
-    for ref_file in refs:
+    for pred_file, ref_file in zip(pred_files, ref_files, strict=True):
         ref, spacing = read_segmentation(reader, ref_file)
-        pred, _ = read_segmentation(reader, pred_dir / ref_file.name)
-        counts[ref_file.name] = (far_false_positives(pred > 0, ref > 0, spacing, margin), component_count(pred > 0))
+        pred = read_segmentation(reader, pred_file)[0] > 0
+        counts[ref_file.name] = (far_false_positives(pred, ref > 0, spacing, margin), component_count(pred))
     return counts
 
 
 def summarise(cases: dict[str, dict[str, tuple[int, int]]]) -> dict[str, dict[str, float]]:
     """Per method: mean far false positives, mean components, share of cases with a far false positive, and for
-    every method after the first the paired t-test p over cases against the first (NaN when all differences are 0)."""
+    every method after the first the paired t-test p over cases against the first (`compare.stats.paired_test`)."""
     methods = list(cases)
     names = sorted(cases[methods[0]])
     if any(sorted(cases[m]) != names for m in methods):
         raise ValueError("every method must have predictions for the same cases")
     columns = {m: np.array([cases[m][n] for n in names], dtype=float) for m in methods}
+    baseline = columns[methods[0]]
     table = {}
     for m in methods:
         far, comp = columns[m][:, 0], columns[m][:, 1]
@@ -63,13 +55,8 @@ def summarise(cases: dict[str, dict[str, tuple[int, int]]]) -> dict[str, dict[st
             "cases_with_far_fp": float((far > 0).mean()),
         }
         if m != methods[0]:
-            for key, col in (("p_far_fp", 0), ("p_components", 1)):
-                diff = columns[m][:, col] - columns[methods[0]][:, col]
-                row[key] = (
-                    math.nan
-                    if not diff.any()
-                    else float(stats.ttest_rel(columns[m][:, col], columns[methods[0]][:, col]).pvalue)
-                )
+            row["p_far_fp"] = paired_test(baseline[:, 0], far)["p"]
+            row["p_components"] = paired_test(baseline[:, 1], comp)["p"]
         table[m] = row
     return table
 

@@ -32,6 +32,7 @@ __all__ = [
     "LABELS_SEEN",
     "check_label_values",
     "evaluate_folders",
+    "paired_files",
     # re-exported from nnunet_dale.metrics and nnunet_dale.files, where they live (docs/evaluation.md imports them
     # from here)
     "FUZZY_METRIC",
@@ -124,6 +125,36 @@ def _summarise(cases: list[dict], labels: Sequence[int], metric_names: Sequence[
     return {"mean": means, "foreground_mean": foreground_mean}
 
 
+def paired_files(
+    pred_dir: Path, ref_dir: Path, file_ending: str | None = None
+) -> tuple[list[Path], list[Path], type, str]:
+    """Every reference in `ref_dir` ending in `file_ending` (guessed from `ref_dir` when None), the same-named
+    prediction in `pred_dir`, nnU-Net's reader class for that ending, and the ending; a missing folder, reference or
+    prediction is one clear FileNotFoundError."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    for name, folder in (("prediction", pred_dir), ("reference", ref_dir)):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{name} folder {folder} does not exist")
+    if file_ending is None:
+        file_ending = _guess_file_ending(ref_dir)
+    ref_files = sorted(f for f in ref_dir.iterdir() if f.is_file() and f.name.endswith(file_ending))
+    if not ref_files:
+        raise FileNotFoundError(f"no reference files ending in {file_ending!r} in {ref_dir}")
+    pred_files = [pred_dir / f.name for f in ref_files]
+    missing = [p.name for p in pred_files if not p.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"prediction {missing[0]} missing in {pred_dir} for reference {ref_dir / missing[0]}{more}"
+        )
+    reader_class = determine_reader_writer_from_file_ending(
+        file_ending, str(ref_files[0]), allow_nonmatching_filename=True, verbose=False
+    )
+    return pred_files, ref_files, reader_class, file_ending
+
+
 def evaluate_folders(
     pred_dir: Path,
     ref_dir: Path,
@@ -143,27 +174,8 @@ def evaluate_folders(
     [...]}), each atomically and only after every case succeeded; NaN is written as null. Returns the summary as
     written (json.load of summary.json).
     """
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
-
-    pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
-    for name, folder in (("prediction", pred_dir), ("reference", ref_dir)):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{name} folder {folder} does not exist")
-    if file_ending is None:
-        file_ending = _guess_file_ending(ref_dir)
-    ref_files = sorted(f for f in ref_dir.iterdir() if f.is_file() and f.name.endswith(file_ending))
-    if not ref_files:
-        raise FileNotFoundError(f"no reference files ending in {file_ending!r} in {ref_dir}")
-    pred_files = [pred_dir / f.name for f in ref_files]
-    missing = [p.name for p in pred_files if not p.is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise FileNotFoundError(
-            f"prediction {missing[0]} missing in {pred_dir} for reference {ref_dir / missing[0]}{more}"
-        )
-    reader_class = determine_reader_writer_from_file_ending(
-        file_ending, str(ref_files[0]), allow_nonmatching_filename=True, verbose=False
-    )
+    out_dir = Path(out_dir)
+    pred_files, ref_files, reader_class, file_ending = paired_files(pred_dir, ref_dir, file_ending)
     if labels is None:
         reader = reader_class()
         present: set[int] = set()
