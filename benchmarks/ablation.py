@@ -6,6 +6,7 @@
         nnUNetTrainerDALE_bench                                          # confirmation: three runs
     python -m benchmarks.ablation --dataset isic2017 --hold-out-seed 1 ...   # a hold-out seed not chosen on
     python -m benchmarks.ablation --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
+    python -m benchmarks.ablation ... --postprocessed    # the same runs after nnU-Net's own postprocessing
 
 Datasets: `isic2017` / `busi` (the subsets in ../shared/data, converted at --max-size px with a seeded 30 % hold-out,
 as benchmarks.real_data) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
@@ -69,6 +70,17 @@ def _runs_mean_sd(values: list[float]) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
+def postprocessing_note(study: Demo, evaluations: dict[str, dict[int, Path]]) -> str:
+    """What nnU-Net's postprocessing did per trainer: in how many runs it kept only the largest component."""
+    kept = {t: sum(bool(study.postprocessing_chosen(t, f)) for f in runs) for t, runs in evaluations.items()}
+    counts = "; ".join(f"`{t}` {kept[t]} of {len(evaluations[t])}" for t in evaluations)
+    return (
+        " Predictions after nnU-Net's own postprocessing, chosen per run on its validation fold "
+        "(nnUNetv2_determine_postprocessing; the test labels play no part) and applied to its test predictions; "
+        f"runs in which it keeps only the largest foreground component: {counts}."
+    )
+
+
 def table_row(trainer: str, folds: list[int], comparison: dict | None, minutes: list[float], baseline: str) -> str:
     """One row: mean ± sd over runs per metric, Dice/HD95 change vs the baseline and their p values, wall time."""
     label = comparison["labels"][0]
@@ -115,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
     parser.add_argument("--title", default="", help="what this table is for (screening, confirmation, ...)")
     parser.add_argument("--tag", default="", help="suffix of the section key: a new table beside earlier ones")
+    parser.add_argument(
+        "--postprocessed",
+        action="store_true",
+        help="evaluate after nnU-Net's own postprocessing, chosen per run on its validation fold (own section)",
+    )
     args = parser.parse_args(argv)
     if args.tag and not args.tag.replace("-", "").isalnum():
         parser.error(f"--tag must be letters, digits and '-'; got {args.tag!r}")
@@ -126,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_hold_out(0.3, args.hold_out_seed)
         args.key = f"ablation-{args.dataset}-{args.max_size}px-seed{args.hold_out_seed}"
     args.key += f"-{args.tag}" if args.tag else ""
+    args.key += "-postprocessed" if args.postprocessed else ""
     args.output = Path(args.output or f"dale_{args.key.replace('-', '_')}")
     return args
 
@@ -142,6 +160,8 @@ def run(args: argparse.Namespace) -> str:
             evaluations[trainer][fold] = study.train_predict_evaluate(trainer, fold)
     for trainer in args.screen:
         evaluations[trainer] = {args.folds[0]: study.train_predict_evaluate(trainer, args.folds[0])}
+    if args.postprocessed:
+        evaluations = {t: {f: study.postprocess_evaluate(t, f) for f in runs} for t, runs in evaluations.items()}
     rows = []
     for trainer in [*args.trainers, *args.screen]:
         folds = sorted(evaluations[trainer])
@@ -160,7 +180,8 @@ def run(args: argparse.Namespace) -> str:
             f"Command: {provenance(command, hours)} (steps reused from earlier invocations are not counted). "
             f"Data: {data}. Baseline: `{baseline}`. Metric cells: mean ± sd over the runs (folds) of each run's "
             "mean over the test cases. Δ Dice and p against the baseline on the same folds: p (cases) is a paired "
-            "t-test over the test cases' means over runs, p (runs) over run means paired by fold (n/a for one run).",
+            "t-test over the test cases' means over runs, p (runs) over run means paired by fold (n/a for one run)."
+            + (postprocessing_note(study, evaluations) if args.postprocessed else ""),
             "",
             HEADER,
             *rows,

@@ -8,6 +8,7 @@ the same steps on an existing raw dataset with a test split (`python -m benchmar
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,30 @@ class Demo:
                    "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
         self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
         return self._evaluate(pred)
+
+    def postprocess_evaluate(self, trainer: str, fold: int) -> Path:
+        """nnU-Net's own postprocessing of a finished run, as a user gets it: chosen on the fold's validation cases
+        (nnUNetv2_determine_postprocessing: keep the largest foreground component only if it raises their Dice),
+        applied to the test predictions (nnUNetv2_apply_postprocessing, into `<predictions>_postprocessed`), then
+        evaluated like them. The test labels play no part in the choice."""
+        folder = self._result_folder(trainer, fold)
+        pred = self.out / "predictions" / f"{trainer}_fold{fold}"
+        if not (folder / "validation" / "summary.json").is_file() or not pred.is_dir():
+            raise DemoError(f"{trainer} (fold {fold}) has no finished validation or test predictions to postprocess")
+        gt = Path(self.env["nnUNet_preprocessed"]) / self.dataset.name / "gt_segmentations"
+        common = ["-np", "1", "-plans_json", str(folder.parent / "plans.json"),
+                  "-dataset_json", str(folder.parent / "dataset.json")]  # fmt: skip
+        self._once(f"postprocessing_{trainer}_fold{fold}", ["nnUNetv2_determine_postprocessing", "-i",
+                   str(folder / "validation"), "-ref", str(gt), "--remove_postprocessed", *common])  # fmt: skip
+        out, chosen = pred.with_name(f"{pred.name}_postprocessed"), folder / "validation" / "postprocessing.pkl"
+        self._once(f"apply_postprocessing_{trainer}_fold{fold}", ["nnUNetv2_apply_postprocessing", "-i", str(pred),
+                   "-o", str(out), "-pp_pkl_file", str(chosen), *common])  # fmt: skip
+        return self._evaluate(out)
+
+    def postprocessing_chosen(self, trainer: str, fold: int) -> list[str]:
+        """The postprocessing functions nnU-Net chose for a run (`postprocess_evaluate`); empty: none."""
+        chosen = self._result_folder(trainer, fold) / "validation" / "postprocessing.json"
+        return json.loads(chosen.read_text())["postprocessing_fns"]
 
     def compare(self, runs: dict[str, list[Path]], out: Path | None = None, omega_fold: int | None = None) -> str:
         """Step 6: the comparison table (returned) and comparison.md/.json/.png in `out` (default: comparison/). The
