@@ -51,10 +51,11 @@ def _planted_run(root: Path, dataset_2d_plans: tuple[Path, Path], second_lesion_
         shutil.copy(source, fold.parent / ("plans.json" if "Plans" in source.name else "dataset.json"))
     lesion, second = _square(2, 2), _square(24, 24, size=4)
     gt = {f"val_{i}": lesion + (second if second_lesion_is_real else 0) for i in range(4)}
-    _write(Path(demo.env["nnUNet_preprocessed"]) / demo.dataset.name / "gt_segmentations", gt)
+    gt_folder = Path(demo.env["nnUNet_preprocessed"]) / demo.dataset.name / "gt_segmentations"
+    _write(gt_folder, gt)
     _write(fold / "validation", {name: lesion + second for name in gt})
     compute_metrics_on_folder(
-        str(Path(demo.env["nnUNet_preprocessed"]) / demo.dataset.name / "gt_segmentations"),
+        str(gt_folder),
         str(fold / "validation"),
         str(fold / "validation" / "summary.json"),
         NaturalImage2DIO(),
@@ -81,7 +82,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
 
 
-def test_blobs_judged_false_on_validation_are_removed_from_the_test_predictions(tmp_path, dataset_2d_plans):
+def test_blobs_judged_false_on_validation_are_removed_from_the_test_predictions(tmp_path, dataset_2d_plans, capsys):
     demo = _planted_run(tmp_path, dataset_2d_plans, second_lesion_is_real=False)
     raw_eval = demo._evaluate(demo.out / "predictions" / f"{TRAINER}_fold0")
     evaluation = demo.postprocess_evaluate(TRAINER, 0)
@@ -94,7 +95,11 @@ def test_blobs_judged_false_on_validation_are_removed_from_the_test_predictions(
         np.testing.assert_array_equal(done[name], _largest_component(raw[name]))
     hd95 = [json.loads((e / "summary.json").read_text())["mean"]["1"]["HD95"] for e in (raw_eval, evaluation)]
     assert hd95[1] < hd95[0] / 3  # the far blob set the HD95; without it the boundary shift does
-    assert demo.postprocess_evaluate(TRAINER, 0) == evaluation  # a second call reuses the finished steps
+    capsys.readouterr()
+    assert demo.postprocess_evaluate(TRAINER, 0) == evaluation  # a second call reuses both finished steps
+    reused = capsys.readouterr().out
+    assert f"reusing finished step (postprocessing_{TRAINER}_fold0)" in reused
+    assert f"reusing finished step (apply_postprocessing_{TRAINER}_fold0)" in reused
 
 
 def test_a_second_component_that_is_real_on_validation_keeps_the_test_predictions(tmp_path, dataset_2d_plans):
