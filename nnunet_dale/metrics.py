@@ -13,7 +13,8 @@ Conventions (see docs/evaluation.md for the reasoning):
 * Far false positives: predicted foreground voxels farther than a margin (in `spacing` units) from every
   reference foreground voxel (all predicted voxels when the reference is empty); components: connected components
   of the predicted foreground with full connectivity (8 in 2D, 26 in 3D). Both count the spurious blobs that
-  raise HD95 without moving Dice much.
+  raise HD95 without moving Dice much. Missed components: reference components (full connectivity) without a single
+  predicted foreground voxel, the missed lesions that raise HD95 from the other side.
 * Fuzzy region of a reference: voxels in patches whose min-max-normalised label-edge ratio m (Eq. 4-5 of the AE&ER
   split, edge criterion only) exceeds 0.5.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "component_count",
     "dice",
     "far_false_positives",
+    "missed_components",
     "reference_fuzzy_mask",
     "surface_distances",
 ]
@@ -133,10 +135,22 @@ def far_false_positives(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[flo
     return int(np.count_nonzero(pred & (distance > margin)))
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+
+
 def component_count(mask: np.ndarray) -> int:
     """Connected components of a binary mask, full connectivity (8 neighbours in 2D, 26 in 3D)."""
-    mask = _as_mask(mask, "mask")
-    return int(ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))[1])
+    return int(_components(_as_mask(mask, "mask"))[1])
+
+
+def missed_components(pred: np.ndarray, ref: np.ndarray) -> int:
+    """Reference components (full connectivity) that no predicted foreground voxel touches: missed lesions."""
+    pred, ref = _as_mask(pred, "prediction"), _as_mask(ref, "reference")
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ in shape")
+    labels, count = _components(ref)
+    return count - len(np.unique(labels[pred & ref]))
 
 
 def case_metrics(

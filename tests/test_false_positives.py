@@ -1,12 +1,13 @@
-"""Far false positives and connected components (metrics.far_false_positives / component_count) against slow
-references: a pairwise-distance loop and blobs planted at known positions."""
+"""Far false positives, connected components and missed lesions (metrics.far_false_positives / component_count /
+missed_components) against slow references: a pairwise-distance loop, a flood fill, and blobs planted at known
+positions."""
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
 from benchmarks.false_positives import summarise
-from nnunet_dale.metrics import component_count, far_false_positives
+from nnunet_dale.metrics import component_count, far_false_positives, missed_components
 
 
 def slow_far_false_positives(pred, ref, spacing, margin):
@@ -51,6 +52,44 @@ def test_components_of_planted_blobs_with_full_connectivity():
     assert component_count(volume) == 2
 
 
+def slow_missed_components(pred, ref):
+    """Flood fill over the full neighbourhood, one reference component at a time."""
+    todo, missed = set(map(tuple, np.argwhere(ref))), 0
+    offsets = [o for o in np.ndindex(*(3,) * ref.ndim) if any(v != 1 for v in o)]
+    while todo:
+        stack, hit = [todo.pop()], False
+        while stack:
+            voxel = stack.pop()
+            hit |= bool(pred[voxel])
+            for o in offsets:
+                n = tuple(v + d - 1 for v, d in zip(voxel, o))
+                if n in todo:
+                    todo.remove(n)
+                    stack.append(n)
+        missed += not hit
+    return missed
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shape", [(17, 13), (7, 8, 9)])
+def test_missed_components_match_a_flood_fill(seed, shape):
+    rng = np.random.default_rng(seed)
+    ref, pred = rng.random(shape) < 0.15, rng.random(shape) < 0.08
+    assert missed_components(pred, ref) == slow_missed_components(pred, ref)
+
+
+def test_a_missed_planted_lesion_is_counted_and_a_touched_one_is_not():
+    ref = np.zeros((40, 40), bool)
+    ref[5:12, 5:12] = ref[25:30, 25:32] = ref[33, 2] = True
+    pred = np.zeros_like(ref)
+    pred[11, 11] = True  # one voxel inside the first lesion: found
+    pred[20, 20] = True  # a false positive finds nothing
+    assert missed_components(pred, ref) == 2
+    pred[33, 2] = True
+    assert missed_components(pred, ref) == 1
+    assert missed_components(pred, np.zeros_like(ref)) == 0
+
+
 def test_bad_inputs_are_clear_errors():
     with pytest.raises(ValueError, match="differ in shape"):
         far_false_positives(np.zeros((3, 3)), np.zeros((3, 4)), (1, 1), 1)
@@ -58,13 +97,20 @@ def test_bad_inputs_are_clear_errors():
         far_false_positives(np.zeros((3, 3)), np.zeros((3, 3)), (1, 1), -1)
     with pytest.raises(ValueError, match="2D or 3D"):
         component_count(np.zeros(4))
+    with pytest.raises(ValueError, match="differ in shape"):
+        missed_components(np.zeros((3, 3)), np.zeros((3, 4)))
 
 
 def test_summary_pairs_cases_and_tests_against_the_first_method():
-    cases = {"a": {"x": (0, 1), "y": (2, 1), "z": (0, 1)}, "b": {"x": (10, 2), "y": (12, 3), "z": (11, 2)}}
+    cases = {
+        "a": {"x": (0, 1, 0), "y": (2, 1, 1), "z": (0, 1, 0)},
+        "b": {"x": (10, 2, 1), "y": (12, 3, 2), "z": (11, 2, 0)},
+    }
     table = summarise(cases)
     assert table["a"]["far_fp"] == pytest.approx(2 / 3) and table["b"]["far_fp"] == pytest.approx(11.0)
     assert table["b"]["components"] == pytest.approx(7 / 3) and table["b"]["cases_with_far_fp"] == 1.0
+    assert table["a"]["missed"] == pytest.approx(1 / 3) and table["b"]["cases_with_missed"] == pytest.approx(2 / 3)
     assert table["b"]["p_far_fp"] < 0.01 and "p_far_fp" not in table["a"]
+    assert table["b"]["p_missed"] == pytest.approx(1 - 2 / 6**0.5)  # differences 1, 1, 0: t = 2 on 2 dof
     with pytest.raises(ValueError, match="same cases"):
-        summarise({"a": {"x": (0, 1)}, "b": {"y": (0, 1)}})
+        summarise({"a": {"x": (0, 1, 0)}, "b": {"y": (0, 1, 0)}})
