@@ -7,6 +7,7 @@
     python -m benchmarks.ablation --dataset isic2017 --hold-out-seed 1 ...   # a hold-out seed not chosen on
     python -m benchmarks.ablation --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
     python -m benchmarks.ablation ... --postprocessed    # the same runs after nnU-Net's own postprocessing
+    python -m benchmarks.ablation --dataset benchmark ... --test-cases 200   # the same runs on 200 test cases
 
 Datasets: `isic2017` / `busi` (the subsets in ../shared/data, converted at --max-size px with a seeded 30 % hold-out,
 as benchmarks.real_data) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
@@ -132,11 +133,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="evaluate after nnU-Net's own postprocessing, chosen per run on its validation fold (own section)",
     )
+    parser.add_argument(
+        "--test-cases",
+        type=int,
+        help="benchmark only: evaluate the finished runs on this many of its test cases, > 20 (own section)",
+    )
     args = parser.parse_args(argv)
     if args.tag and not args.tag.replace("-", "").isalnum():
         parser.error(f"--tag must be letters, digits and '-'; got {args.tag!r}")
     if len(args.trainers) < 2:
         parser.error("--trainers needs the baseline and at least one variant")
+    if args.test_cases is not None and (args.dataset != "benchmark" or args.test_cases <= 20 or args.postprocessed):
+        parser.error(
+            "--test-cases is for the built-in benchmark (> 20, its standard test set), without --postprocessed"
+        )
     if args.dataset == "benchmark":
         args.key, args.max_size = f"ablation-benchmark-seed{args.seed}", 64
     else:
@@ -144,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.key = f"ablation-{args.dataset}-{args.max_size}px-seed{args.hold_out_seed}"
     args.key += f"-{args.tag}" if args.tag else ""
     args.key += "-postprocessed" if args.postprocessed else ""
+    args.key += f"-test{args.test_cases}" if args.test_cases else ""
     args.output = Path(args.output or f"dale_{args.key.replace('-', '_')}")
     return args
 
@@ -162,6 +173,11 @@ def run(args: argparse.Namespace) -> str:
         evaluations[trainer] = {args.folds[0]: study.train_predict_evaluate(trainer, args.folds[0])}
     if args.postprocessed:
         evaluations = {t: {f: study.postprocess_evaluate(t, f) for f in runs} for t, runs in evaluations.items()}
+    if args.test_cases:
+        evaluations = {
+            t: {f: study.more_test_cases_evaluate(t, f, args.test_cases) for f in runs}
+            for t, runs in evaluations.items()
+        }
     rows = []
     for trainer in [*args.trainers, *args.screen]:
         folds = sorted(evaluations[trainer])
@@ -172,6 +188,9 @@ def run(args: argparse.Namespace) -> str:
         rows.append(table_row(trainer, folds, comparison, minutes, baseline))
     hours = (time.perf_counter() - start) / 3600
     data = study.describe_data() if hasattr(study, "describe_data") else "built-in benchmark, 50 / 20 cases, 64 px"
+    if args.test_cases:
+        data = f"built-in benchmark, 50 training cases, 64 px, evaluated on its first {args.test_cases} test cases "
+        data += "(the first 20 are the standard test set)"
     command = "python -m benchmarks.ablation " + " ".join(sys.argv[1:])
     text = "\n".join(
         [

@@ -105,12 +105,24 @@ class Demo:
         self._say(f"3/6 training {trainer} (fold {fold})")
         self._train(trainer, fold)
         self._say(f"4/6 predicting the test cases with {trainer} (fold {fold})")
-        pred = self.out / "predictions" / f"{trainer}_fold{fold}"
-        self._once(f"predict_{trainer}_fold{fold}", ["nnUNetv2_predict", "-i", str(self.dataset / "imagesTs"), "-o",
-                   str(pred), "-d", str(self.s.dataset_id), "-c", "2d", "-f", str(fold), "-tr", trainer,
-                   "-device", "cpu", "-npp", "1", "-nps", "1"])  # fmt: skip
+        pred = self._predict(trainer, fold, self.dataset / "imagesTs", f"{trainer}_fold{fold}")
         self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
         return self._evaluate(pred)
+
+    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int) -> Path:
+        """A finished run on `num_test` test cases of the benchmark instead of its own few: the same seed's test cases
+        0..num_test-1 (a test case depends only on the seed and its index, so the first ones are the standard set),
+        generated into `more_test_cases/test<num_test>/`, predicted and evaluated against their clean labels. With
+        more cases a run's mean HD95 depends less on which few cases carry a blob or a missed lesion."""
+        if num_test <= self.s.num_test:
+            raise DemoError(f"more test cases means more than the {self.s.num_test} of the benchmark; got {num_test}")
+        if not (self._result_folder(trainer, fold) / "checkpoint_final.pth").is_file():
+            raise DemoError(f"{trainer} (fold {fold}) has no finished training to predict more test cases with")
+        root = self.out / "more_test_cases" / f"test{num_test}"
+        cases = make_benchmark(root, self.s.dataset_id, num_train=2, num_test=num_test, size=self.s.size,
+                               seed=self.s.seed, noise=self.s.noise)  # fmt: skip
+        pred = self._predict(trainer, fold, cases / "imagesTs", f"{trainer}_fold{fold}_test{num_test}")
+        return self._evaluate(pred, cases / "labelsTs")
 
     def postprocess_evaluate(self, trainer: str, fold: int) -> Path:
         """nnU-Net's own postprocessing of a finished run, as a user gets it: chosen on the fold's validation cases
@@ -176,12 +188,19 @@ class Demo:
         resumable = any((folder / f"checkpoint_{k}.pth").is_file() for k in ("latest", "final"))
         self._call(f"train_{trainer}_fold{fold}", cmd + (["--c"] if resumable else []))
 
-    def _evaluate(self, pred: Path) -> Path:
+    def _predict(self, trainer: str, fold: int, images: Path, name: str) -> Path:
+        pred = self.out / "predictions" / name
+        self._once(f"predict_{name}", ["nnUNetv2_predict", "-i", str(images), "-o", str(pred), "-d",
+                   str(self.s.dataset_id), "-c", "2d", "-f", str(fold), "-tr", trainer, "-device", "cpu",
+                   "-npp", "1", "-nps", "1"])  # fmt: skip
+        return pred
+
+    def _evaluate(self, pred: Path, labels: Path | None = None) -> Path:
         from nnunet_dale.evaluation import evaluate_folders
 
         out = self.out / "evaluation" / pred.name
         if not (out / "summary.json").is_file():
-            evaluate_folders(pred, self.dataset / "labelsTs", out)
+            evaluate_folders(pred, labels or self.dataset / "labelsTs", out)
         return out
 
     # ------------------------------------------------------------------ plumbing
@@ -238,6 +257,10 @@ class RawDatasetDemo(Demo):
         """Step 1: the existing dataset, checked."""
         self._say(f"1/6 raw dataset {self.source}")
         return self.check_dataset()
+
+    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int) -> Path:
+        """Only the generated benchmark can draw more test cases; a raw dataset's test split is what it is."""
+        raise DemoError(f"{self.source.name} has a fixed test split: more test cases exist only for the benchmark")
 
     def check_dataset(self) -> Path:
         """The dataset folder, if it has what the later steps read; else a DemoError naming what is missing."""

@@ -39,3 +39,13 @@ def test_row_reports_means_over_runs_the_change_in_points_and_significant_losses
     assert baseline_row[2] == "0.760 ± 0.010" and baseline_row[7] == "—"
     with pytest.raises(SystemExit):
         ablation.parse_args(["--trainers", "nnUNetTrainer_bench"])  # a baseline alone is no study
+
+
+def test_more_test_cases_get_their_own_section_and_only_on_the_benchmark():
+    args = ablation.parse_args(["--dataset", "benchmark", "--seed", "4", "--trainers", "a", "b", "--test-cases", "200"])
+    assert args.key == "ablation-benchmark-seed4-test200"
+    for bad in (["--test-cases", "20"], ["--test-cases", "200", "--postprocessed"]):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(["--dataset", "benchmark", "--trainers", "a", "b", *bad])
+    with pytest.raises(SystemExit):  # a real dataset's hold-out is fixed
+        ablation.parse_args(["--dataset", "isic2017", "--trainers", "a", "b", "--test-cases", "200"])

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nnunet_dale.demo import Demo, DemoError, DemoSettings
+
 pytestmark = pytest.mark.slow
 
 
@@ -37,6 +39,25 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
     for case, omega in maps.items():
         label = np.asarray(Image.open(out / "nnUNet_raw" / "Dataset990_DALEBench" / "labelsTs" / f"{case}.png"))
         assert omega.shape[-2:] == label.shape and 0.9 - 1e-6 <= omega.min() <= omega.max() <= 1.1 + 1e-6
+
+    # more test cases of the same seed: the standard ones first, byte for byte, and predicted alike by the same model
+    demo = Demo(out, DemoSettings(num_train=10, num_test=4, baseline="nnUNetTrainer_quick"))
+    demo.dataset = out / "nnUNet_raw" / "Dataset990_DALEBench"
+    more = demo.more_test_cases_evaluate("nnUNetTrainer_quick", 0, 6)
+    standard = json.loads((out / "evaluation" / "nnUNetTrainer_quick_fold0" / "summary.json").read_text())
+    extended = json.loads((more / "summary.json").read_text())
+    assert len(extended["metric_per_case"]) == 6
+    by_case = {Path(c["reference_file"]).name: c["metrics"]["1"] for c in extended["metric_per_case"]}
+    more_images = out / "more_test_cases" / "test6" / "Dataset990_DALEBench" / "imagesTs"
+    for case in standard["metric_per_case"]:
+        name = Path(case["reference_file"]).name
+        image = f"{name.removesuffix('.png')}_0000.png"
+        assert (demo.dataset / "imagesTs" / image).read_bytes() == (more_images / image).read_bytes()
+        assert by_case[name]["Dice"] == pytest.approx(case["metrics"]["1"]["Dice"], abs=1e-6)
+    with pytest.raises(DemoError, match="more than the 4"):
+        demo.more_test_cases_evaluate("nnUNetTrainer_quick", 0, 4)
+    with pytest.raises(DemoError, match="no finished training"):
+        demo.more_test_cases_evaluate("nnUNetTrainer_quick", 3, 6)
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0, second.stdout[-3000:]
