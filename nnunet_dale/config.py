@@ -23,9 +23,11 @@ FEATURE_SITES = ("head", "bottleneck")
 LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast")
 OMEGA_CENTRES = ("mean", "median")
+DICE_SCOPES = ("region", "image")
 
 __all__ = [
     "CONTROL_VARIABLES",
+    "DICE_SCOPES",
     "ENV_FILE",
     "ENV_PREFIX",
     "FEATURE_SITES",
@@ -79,6 +81,7 @@ class DALEConfig:
     single_update: bool = False  # one optimiser update per iteration on (L_n + L_f) / 2 instead of two steps
     mask_input: bool = True  # the passes see the masked image (Eq. 7); False: the real image, masks as weights only
     warmup_fraction: float = 0.0  # the first share of epochs are plain nnU-Net steps
+    dice_scope: str = "region"  # "image": the single update's Dice is one over the image, voxels weighted by omega
 
     def __post_init__(self):
         check = _Checker(self)
@@ -101,6 +104,12 @@ class DALEConfig:
         check(self.omega_centre in OMEGA_CENTRES, "omega_centre", f"one of {OMEGA_CENTRES}")
         check(self.clean_threshold >= 0, "clean_threshold", "a number >= 0")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
+        check(self.dice_scope in DICE_SCOPES, "dice_scope", f"one of {DICE_SCOPES}")
+        check(
+            self.single_update or self.dice_scope == "region",
+            "dice_scope/single_update",
+            "'region' with two steps ('image' is a Dice of the single update over both regions)",
+        )
         check(
             not (self.single_update and self.omega_mode == "fast"),
             "single_update/omega_mode",

@@ -228,13 +228,28 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 seg_f = fuzzy_loss(output_f, confidence.omega)
                 loss_f = fuzzy_objective(seg_f, alignment.loss, cfg.alpha, mean_omega)
             if cfg.single_update:
-                self._optimizer_step(0.5 * (loss_n + loss_f), "nonfuzzy")
+                update = 0.5 * (loss_n + loss_f)
+                if cfg.dice_scope == "image":  # the same CE terms, one Dice over the whole image
+                    image = self._image_dice_weights(split, confidence.omega, target)
+                    seg_n_image = self.dale_loss(output_n, target, nonfuzzy_weights, nonfuzzy_weights, image)
+                    seg_f_image = self.dale_loss(
+                        output_f, target, weight_pyramid(confidence.omega * split.fuzzy, target), fuzzy_weights, image
+                    )
+                    update = 0.5 * (seg_n_image + fuzzy_objective(seg_f_image, alignment.loss, cfg.alpha, mean_omega))
+                self._optimizer_step(update, "nonfuzzy")
             else:
                 self._optimizer_step(loss_f, "fuzzy")
         loss = 0.5 * (loss_n + loss_f).detach()
         if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
             return self._step_outputs(loss, split, membership)
         return self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach(), mean_omega)
+
+    @staticmethod
+    def _image_dice_weights(split: FuzzySplit, omega: torch.Tensor, target):
+        """dice_scope "image": each voxel's confidence, omega where fuzzy and 1 where not, blended by the soft masks;
+        all ones (nnU-Net's own Dice) when omega = 1."""
+        blend = (split.nonfuzzy + omega * split.fuzzy) / (split.nonfuzzy + split.fuzzy).clamp_min(1e-8)
+        return weight_pyramid(blend, target)
 
     def split(self, data: torch.Tensor, full_target: torch.Tensor) -> FuzzySplit:
         """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""

@@ -31,6 +31,8 @@ __all__ = [
     "nnUNetTrainerDALE_fast",
     "nnUNetTrainerDALE_finetune",
     "nnUNetTrainerDALE_finetune_quick",
+    "nnUNetTrainerDALE_imageDice",
+    "nnUNetTrainerDALE_imageDice_bench",
     "nnUNetTrainerDALE_noLW",
     "nnUNetTrainerDALE_noOmega",
     "nnUNetTrainerDALE_omegaMedian",
@@ -137,6 +139,13 @@ class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
     """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean."""
 
     dale_defaults = {**SHIPPED, "omega_centre": "median"}
+
+
+class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
+    """The shipped configuration with one Dice over the whole image in the single update (voxels weighted by omega)
+    instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there."""
+
+    dale_defaults = {**SHIPPED, "dice_scope": "image"}
 
 
 # --- ablations (Table 4) of the shipped configuration
@@ -273,6 +282,10 @@ class nnUNetTrainerDALE_twoSteps_bench(_Bench, nnUNetTrainerDALE_twoSteps):
 
 
 class nnUNetTrainerDALE_omegaMedian_bench(_Bench, nnUNetTrainerDALE_omegaMedian):
+    pass
+
+
+class nnUNetTrainerDALE_imageDice_bench(_Bench, nnUNetTrainerDALE_imageDice):
     pass
 
 

@@ -75,19 +75,25 @@ class PixelWeightedDCandCE(nn.Module):
         self.ce = RobustCrossEntropyLoss(reduction="none")
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, normaliser: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor,
+        normaliser: torch.Tensor | None = None,
+        dice_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """CE is the weighted sum over voxels divided by the total of `normaliser` (default: `weight`)."""
+        """CE is the weighted sum over voxels divided by the total of `normaliser` (default: `weight`); the Dice
+        weighs its voxels by `dice_weight` (default: `weight`)."""
         normaliser = weight if normaliser is None else normaliser
+        dice_weight = weight if dice_weight is None else dice_weight
         if self.ignore_label is not None:
             known = target != self.ignore_label
-            weight, normaliser = weight * known, normaliser * known
+            weight, normaliser, dice_weight = weight * known, normaliser * known, dice_weight * known
             target = torch.where(known, target, 0)
         onehot = torch.zeros_like(logits).scatter_(1, target.long(), 1)
         start = 0 if self.do_bg else 1
-        dice = weighted_soft_dice(
-            torch.softmax(logits, 1)[:, start:], onehot[:, start:], weight, self.batch_dice, self.smooth, self.ddp
-        )
+        probs = torch.softmax(logits, 1)[:, start:]
+        dice = weighted_soft_dice(probs, onehot[:, start:], dice_weight, self.batch_dice, self.smooth, self.ddp)
         ce = weighted_mean(self.ce(logits, target), weight[:, 0], normaliser)
         return self.weight_ce * ce + self.weight_dice * dice
 
@@ -113,15 +119,21 @@ class PixelWeightedDCandBCE(nn.Module):
         self.weight_ce, self.weight_dice = weight_ce, weight_dice
 
     def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, normaliser: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor,
+        normaliser: torch.Tensor | None = None,
+        dice_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         normaliser = weight if normaliser is None else normaliser
+        dice_weight = weight if dice_weight is None else dice_weight
         if self.use_ignore_label:
             known = ~target[:, -1:].bool()
-            weight, normaliser = weight * known, normaliser * known
+            weight, normaliser, dice_weight = weight * known, normaliser * known, dice_weight * known
             target = target[:, :-1]
         target = target.float()
-        dice = weighted_soft_dice(torch.sigmoid(logits), target, weight, self.batch_dice, self.smooth, self.ddp)
+        dice = weighted_soft_dice(torch.sigmoid(logits), target, dice_weight, self.batch_dice, self.smooth, self.ddp)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         ce = weighted_mean(bce, weight, normaliser) / logits.shape[1]
         return self.weight_ce * ce + self.weight_dice * dice

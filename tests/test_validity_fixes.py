@@ -14,6 +14,7 @@ from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.variants import (
     nnUNetTrainerDALE_allFixes,
+    nnUNetTrainerDALE_imageDice,
     nnUNetTrainerDALE_paper,
     nnUNetTrainerDALE_realImage,
     nnUNetTrainerDALE_singleUpdate,
@@ -225,6 +226,8 @@ def test_config_rejects_bad_fix_settings():
         {"clean_threshold": -0.1},
         {"omega_centre": "mode"},
         {"single_update": True, "omega_mode": "fast"},
+        {"dice_scope": "batch"},
+        {"dice_scope": "image"},  # the image Dice belongs to the single update
     ):
         with pytest.raises(DALEConfigError):
             DALEConfig(**bad)
@@ -259,6 +262,41 @@ def test_single_update_is_one_sgd_step_on_the_mean_of_both_losses(dataset_2d, ba
     twin.optimizer.step()
     for p, q in zip(trainer.network.parameters(), twin.network.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_image_dice_update_is_the_regions_ce_plus_nnunets_own_dice(dataset_2d, batch, monkeypatch):
+    """dice_scope "image", omega = 1, no L_W: one SGD step on sum_k w_k [(CE_n + CE_f) / 2 + nnU-Net's Dice] at every
+    deep-supervision scale, CE written out by hand and the Dice taken from nnU-Net's own loss; the per-region Dice
+    of the shipped update is a different step."""
+    monkeypatch.setenv("NNUNET_DALE_USE_OMEGA", "0")
+    monkeypatch.setenv("NNUNET_DALE_USE_ALIGNMENT", "0")
+    torch.manual_seed(0)
+    trainers = [build(cls, dataset_2d) for cls in (nnUNetTrainerDALE_imageDice, nnUNetTrainerDALE_allFixes)]
+    twin = build(nnUNetTrainerDALE_imageDice, dataset_2d)
+    for t in trainers:
+        t.network.load_state_dict(twin.network.state_dict())
+        t.current_epoch = 100  # past the warm-up
+        t.train_step(copy_batch(batch))
+
+    data, target = batch["data"], batch["target"]
+    split = twin.split(data, target[0])
+    outputs = twin.network(data)
+    dice = twin.loss.loss.dc  # nnU-Net's MemoryEfficientSoftDiceLoss inside its DeepSupervisionWrapper
+    loss = 0
+    for w, out, t in zip(twin.loss.weight_factors, outputs, target):
+        if w == 0:
+            continue
+        ce = torch.nn.functional.cross_entropy(out, t[:, 0].long(), reduction="none")[:, None]
+        n, f = (torch.nn.functional.interpolate(m, t.shape[2:], mode="area") for m in (split.nonfuzzy, split.fuzzy))
+        loss = loss + w * (0.5 * ((n * ce).sum() / n.sum() + (f * ce).sum() / f.sum()) + dice(out, t))
+    twin.optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(twin.network.parameters(), 12)
+    twin.optimizer.step()
+    image, region = trainers
+    for p, q in zip(image.network.parameters(), twin.network.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert max((p - q).abs().max() for p, q in zip(region.network.parameters(), twin.network.parameters())) > 1e-5
 
 
 def test_real_image_passes_see_the_unmasked_batch(dataset_2d, batch):
