@@ -50,6 +50,17 @@ def weighted_soft_dice(
     return -dice.mean()
 
 
+def _loss_weights(
+    weight: torch.Tensor,
+    normaliser: torch.Tensor | None,
+    dice_weight: torch.Tensor | None,
+    known: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE weight, CE normaliser, Dice weight): the latter two default to `weight`; all zero where not `known`."""
+    weights = (weight, weight if normaliser is None else normaliser, weight if dice_weight is None else dice_weight)
+    return weights if known is None else tuple(w * known for w in weights)
+
+
 def weighted_mean(values: torch.Tensor, weight: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
     """Sum of weight * values divided by the total of `normaliser` (clamped away from 0)."""
     return (values * weight).sum() / normaliser.sum().clamp_min(1e-8)
@@ -84,11 +95,9 @@ class PixelWeightedDCandCE(nn.Module):
     ) -> torch.Tensor:
         """CE is the weighted sum over voxels divided by the total of `normaliser` (default: `weight`); the Dice
         weighs its voxels by `dice_weight` (default: `weight`)."""
-        normaliser = weight if normaliser is None else normaliser
-        dice_weight = weight if dice_weight is None else dice_weight
-        if self.ignore_label is not None:
-            known = target != self.ignore_label
-            weight, normaliser, dice_weight = weight * known, normaliser * known, dice_weight * known
+        known = None if self.ignore_label is None else target != self.ignore_label
+        weight, normaliser, dice_weight = _loss_weights(weight, normaliser, dice_weight, known)
+        if known is not None:
             target = torch.where(known, target, 0)
         onehot = torch.zeros_like(logits).scatter_(1, target.long(), 1)
         start = 0 if self.do_bg else 1
@@ -126,11 +135,9 @@ class PixelWeightedDCandBCE(nn.Module):
         normaliser: torch.Tensor | None = None,
         dice_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        normaliser = weight if normaliser is None else normaliser
-        dice_weight = weight if dice_weight is None else dice_weight
-        if self.use_ignore_label:
-            known = ~target[:, -1:].bool()
-            weight, normaliser, dice_weight = weight * known, normaliser * known, dice_weight * known
+        known = ~target[:, -1:].bool() if self.use_ignore_label else None
+        weight, normaliser, dice_weight = _loss_weights(weight, normaliser, dice_weight, known)
+        if known is not None:
             target = target[:, :-1]
         target = target.float()
         dice = weighted_soft_dice(torch.sigmoid(logits), target, dice_weight, self.batch_dice, self.smooth, self.ddp)
