@@ -205,11 +205,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                     output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
                 features_f = tap_f.value
 
-        def fuzzy_loss(output, omega):
-            return self.dale_loss(output, target, weight_pyramid(omega * split.fuzzy, target), fuzzy_weights)
+        def fuzzy_loss(output, omega, *dice_weights):  # dice_weights: dice_scope "image"'s Dice weights
+            weights = weight_pyramid(omega * split.fuzzy, target)
+            return self.dale_loss(output, target, weights, fuzzy_weights, *dice_weights)
 
-        def nonfuzzy_loss(output):
-            return self.dale_loss(output, target, nonfuzzy_weights)
+        def nonfuzzy_loss(output, *dice_weights):
+            return self.dale_loss(output, target, nonfuzzy_weights, nonfuzzy_weights, *dice_weights)
 
         with self._phase("omega"):
             transform = self._omega_transform(split, membership)
@@ -231,11 +232,11 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 update = 0.5 * (loss_n + loss_f)
                 if cfg.dice_scope == "image":  # the same CE terms, one Dice over the whole image
                     image = self._image_dice_weights(split, confidence.omega, target)
-                    seg_n_image = self.dale_loss(output_n, target, nonfuzzy_weights, nonfuzzy_weights, image)
-                    seg_f_image = self.dale_loss(
-                        output_f, target, weight_pyramid(confidence.omega * split.fuzzy, target), fuzzy_weights, image
+                    seg_f_image = fuzzy_loss(output_f, confidence.omega, image)
+                    update = 0.5 * (
+                        nonfuzzy_loss(output_n, image)
+                        + fuzzy_objective(seg_f_image, alignment.loss, cfg.alpha, mean_omega)
                     )
-                    update = 0.5 * (seg_n_image + fuzzy_objective(seg_f_image, alignment.loss, cfg.alpha, mean_omega))
                 self._optimizer_step(update, "nonfuzzy")
             else:
                 self._optimizer_step(loss_f, "fuzzy")
