@@ -34,7 +34,9 @@ __all__ = [
     "nnUNetTrainerDALE_imageDice",
     "nnUNetTrainerDALE_imageDice_bench",
     "nnUNetTrainerDALE_noLW",
+    "nnUNetTrainerDALE_noLW_bench",
     "nnUNetTrainerDALE_noOmega",
+    "nnUNetTrainerDALE_noOmega_bench",
     "nnUNetTrainerDALE_omegaMedian",
     "nnUNetTrainerDALE_omegaMedian_bench",
     "nnUNetTrainerDALE_omegaNorm",
@@ -286,6 +288,14 @@ class nnUNetTrainerDALE_omegaMedian_bench(_Bench, nnUNetTrainerDALE_omegaMedian)
 
 
 class nnUNetTrainerDALE_imageDice_bench(_Bench, nnUNetTrainerDALE_imageDice):
+    pass
+
+
+class nnUNetTrainerDALE_noOmega_bench(_Bench, nnUNetTrainerDALE_noOmega):
+    pass
+
+
+class nnUNetTrainerDALE_noLW_bench(_Bench, nnUNetTrainerDALE_noLW):
     pass
 
 
