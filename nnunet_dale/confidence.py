@@ -33,6 +33,7 @@ __all__ = [
     "functional_forward",
     "learn_confidence",
     "normalised_hypergradient",
+    "shuffled_within_classes",
     "output_difference",
     "output_tangent",
     "shadow_parameters",
@@ -84,6 +85,21 @@ def normalised_hypergradient(
     total = weight.to(torch.float64)
     rms = ((total * centred**2).sum() / total.sum().clamp_min(eps)).sqrt()
     return (centred / rms.clamp_min(eps)).to(hypergradient.dtype)
+
+
+def shuffled_within_classes(confidence: Confidence, weight: torch.Tensor, membership: torch.Tensor) -> Confidence:
+    """A control for omega*: its values (with their updates) permuted at random among each class's `weight`ed voxels,
+    so every class keeps the same omega values but no voxel keeps its own. `membership` (B, C, *s) is a partition of
+    the labelled voxels (unlabelled voxels and those outside `weight` keep theirs)."""
+    omega, update = confidence.omega.clone(), confidence.update.clone()
+    labelled = membership.amax(1, keepdim=True) > 0
+    owner = membership.argmax(1, keepdim=True)
+    for c in range(membership.shape[1]):
+        where = ((weight > 0) & labelled & (owner == c)).flatten().nonzero().squeeze(1)
+        source = where[torch.randperm(where.numel(), device=where.device)]
+        omega.view(-1)[where] = confidence.omega.flatten()[source]
+        update.view(-1)[where] = confidence.update.flatten()[source]
+    return Confidence(omega=omega, update=update, threshold=confidence.threshold)
 
 
 def class_means(values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:

@@ -82,6 +82,7 @@ class DALEConfig:
     mask_input: bool = True  # the passes see the masked image (Eq. 7); False: the real image, masks as weights only
     warmup_fraction: float = 0.0  # the first share of epochs are plain nnU-Net steps
     dice_scope: str = "region"  # "image": the single update's Dice is one over the image, voxels weighted by omega
+    omega_shuffle: bool = False  # control: omega* permuted at random among each class's fuzzy voxels
 
     def __post_init__(self):
         check = _Checker(self)
@@ -105,6 +106,7 @@ class DALEConfig:
         check(self.clean_threshold >= 0, "clean_threshold", "a number >= 0")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
         check(self.dice_scope in DICE_SCOPES, "dice_scope", f"one of {DICE_SCOPES}")
+        check(self.use_omega or not self.omega_shuffle, "omega_shuffle/use_omega", "false without omega (all ones)")
         check(
             self.single_update or self.dice_scope == "region",
             "dice_scope/single_update",

@@ -40,6 +40,7 @@ from nnunet_dale.confidence import (
     functional_forward,
     learn_confidence,
     normalised_hypergradient,
+    shuffled_within_classes,
 )
 from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size, split_options
 from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
@@ -215,6 +216,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         with self._phase("omega"):
             transform = self._omega_transform(split, membership)
             confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
+            if cfg.omega_shuffle:  # the control: each class keeps its omega values, at random voxels
+                confidence = shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
@@ -260,8 +263,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         """omega_normalise: the hypergradient centred per class (omega_centre) and RMS-scaled over the fuzzy voxels."""
         if not self.dale_config.omega_normalise:
             return None
-        partition = self._bg_fg(membership) if self.label_manager.has_regions else membership
+        partition = self._partition(membership)
         return lambda g: normalised_hypergradient(g, split.fuzzy, partition, self.dale_config.omega_centre)
+
+    def _partition(self, membership: torch.Tensor) -> torch.Tensor:
+        """The classes omega is normalised and shuffled within: the labels, or (background, foreground) for regions."""
+        return self._bg_fg(membership) if self.label_manager.has_regions else membership
 
     def _membership(self, full_target: torch.Tensor) -> torch.Tensor:
         lm = self.label_manager

@@ -40,6 +40,8 @@ __all__ = [
     "nnUNetTrainerDALE_omegaMedian",
     "nnUNetTrainerDALE_omegaMedian_bench",
     "nnUNetTrainerDALE_omegaNorm",
+    "nnUNetTrainerDALE_omegaShuffled",
+    "nnUNetTrainerDALE_omegaShuffled_bench",
     "nnUNetTrainerDALE_omegaNorm_bench",
     "nnUNetTrainerDALE_paper",
     "nnUNetTrainerDALE_paper_bench",
@@ -148,6 +150,13 @@ class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
     instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there."""
 
     dale_defaults = {**SHIPPED, "dice_scope": "image"}
+
+
+class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
+    """A control for the shipped configuration: omega* permuted at random among each class's fuzzy voxels in the
+    batch, so it keeps its values per class but carries no per-voxel label confidence."""
+
+    dale_defaults = {**SHIPPED, "omega_shuffle": True}
 
 
 # --- ablations (Table 4) of the shipped configuration
@@ -288,6 +297,10 @@ class nnUNetTrainerDALE_omegaMedian_bench(_Bench, nnUNetTrainerDALE_omegaMedian)
 
 
 class nnUNetTrainerDALE_imageDice_bench(_Bench, nnUNetTrainerDALE_imageDice):
+    pass
+
+
+class nnUNetTrainerDALE_omegaShuffled_bench(_Bench, nnUNetTrainerDALE_omegaShuffled):
     pass
 
 

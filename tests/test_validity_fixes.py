@@ -9,12 +9,20 @@ import torch
 from test_confidence import TinyNet
 
 from nnunet_dale.alignment import ClassGaussians, alignment_loss, class_gaussians, pooled_gaussians
-from nnunet_dale.confidence import adam_on_omega, class_medians, learn_confidence, normalised_hypergradient
+from nnunet_dale.confidence import (
+    Confidence,
+    adam_on_omega,
+    class_medians,
+    learn_confidence,
+    normalised_hypergradient,
+    shuffled_within_classes,
+)
 from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, patches_per_side, resolve_patch_size
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.variants import (
     nnUNetTrainerDALE_allFixes,
     nnUNetTrainerDALE_imageDice,
+    nnUNetTrainerDALE_omegaShuffled,
     nnUNetTrainerDALE_paper,
     nnUNetTrainerDALE_realImage,
     nnUNetTrainerDALE_singleUpdate,
@@ -215,6 +223,27 @@ def test_normalised_omega_puts_planted_flips_measurably_below_one_within_each_cl
     assert float(conf.noisy[flipped].double().mean()) > 0.8
 
 
+def test_shuffled_omega_keeps_each_class_values_but_loses_the_planted_flips():
+    """The control permutes omega* (and its update, pairwise) within each class's fuzzy voxels: per class the sorted
+    values equal the unshuffled ones, voxels outside the fuzzy region keep theirs, and the planted flips, clearly
+    below one before, sit at their class's mean afterwards."""
+    conf, flipped, m_f, labels = planted_flips(normalised_hypergradient)
+    membership = torch.cat([labels == 0, labels == 1], 1).double()
+    torch.manual_seed(0)
+    shuffled = shuffled_within_classes(conf, m_f, membership)
+    fuzzy = m_f > 0
+    assert torch.equal(shuffled.omega[~fuzzy], conf.omega[~fuzzy])
+    for c in (0, 1):
+        voxels = fuzzy & (labels == c)
+        before = sorted(zip(conf.omega[voxels].tolist(), conf.update[voxels].tolist()))
+        assert sorted(zip(shuffled.omega[voxels].tolist(), shuffled.update[voxels].tolist())) == before
+        assert float((shuffled.omega[voxels] == conf.omega[voxels]).double().mean()) < 0.2  # it moved them
+        flips = flipped & (labels == c)
+        assert float(conf.omega[flips].mean()) < 0.95
+        assert float(shuffled.omega[flips].mean()) == pytest.approx(float(conf.omega[voxels].mean()), abs=0.03)
+    assert shuffled.threshold == conf.threshold
+
+
 # ------------------------------------------------------------------ trainer
 def test_config_rejects_bad_fix_settings():
     for bad in (
@@ -228,6 +257,7 @@ def test_config_rejects_bad_fix_settings():
         {"single_update": True, "omega_mode": "fast"},
         {"dice_scope": "batch"},
         {"dice_scope": "image"},  # the image Dice belongs to the single update
+        {"omega_shuffle": True, "use_omega": False},
     ):
         with pytest.raises(DALEConfigError):
             DALEConfig(**bad)
@@ -311,6 +341,21 @@ def test_real_image_passes_see_the_unmasked_batch(dataset_2d, batch):
     assert len(seen[nnUNetTrainerDALE_realImage]) >= 2  # the passes and the lookahead's functional forwards
     assert all(torch.equal(x, data) for x in seen[nnUNetTrainerDALE_realImage])
     assert not any(torch.equal(x, data) for x in seen[nnUNetTrainerDALE_paper])
+
+
+def test_shuffled_variant_trains_on_the_shuffled_omega(dataset_2d, batch, monkeypatch):
+    """The control's omega (here a planted constant) is the one the fuzzy step and the statistics see."""
+    calls = []
+
+    def planted(confidence, weight, membership):
+        calls.append(membership.shape[1])
+        return Confidence(omega=torch.full_like(confidence.omega, 0.5), update=confidence.update)
+
+    monkeypatch.setattr("nnunet_dale.trainer.shuffled_within_classes", planted)
+    trainer = build(nnUNetTrainerDALE_omegaShuffled, dataset_2d)
+    trainer.current_epoch = 999  # past the warm-up
+    out = trainer.train_step(copy_batch(batch))
+    assert calls == [2] and float(out["dale_mean_omega"]) == pytest.approx(0.5)
 
 
 def test_warmup_step_is_nnunets_own_and_logs_no_dale_statistics(dataset_2d, batch):
