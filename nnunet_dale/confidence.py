@@ -33,10 +33,10 @@ __all__ = [
     "functional_forward",
     "learn_confidence",
     "normalised_hypergradient",
-    "shuffled_within_classes",
     "output_difference",
     "output_tangent",
     "shadow_parameters",
+    "shuffled_within_classes",
 ]
 
 Forward = Callable[[Mapping[str, torch.Tensor], torch.Tensor], Any]
@@ -87,21 +87,6 @@ def normalised_hypergradient(
     return (centred / rms.clamp_min(eps)).to(hypergradient.dtype)
 
 
-def shuffled_within_classes(confidence: Confidence, weight: torch.Tensor, membership: torch.Tensor) -> Confidence:
-    """A control for omega*: its values (with their updates) permuted at random among each class's `weight`ed voxels,
-    so every class keeps the same omega values but no voxel keeps its own. `membership` (B, C, *s) is a partition of
-    the labelled voxels (unlabelled voxels and those outside `weight` keep theirs)."""
-    omega, update = confidence.omega.clone(), confidence.update.clone()
-    labelled = membership.amax(1, keepdim=True) > 0
-    owner = membership.argmax(1, keepdim=True)
-    for c in range(membership.shape[1]):
-        where = ((weight > 0) & labelled & (owner == c)).flatten().nonzero().squeeze(1)
-        source = where[torch.randperm(where.numel(), device=where.device)]
-        omega.view(-1)[where] = confidence.omega.flatten()[source]
-        update.view(-1)[where] = confidence.update.flatten()[source]
-    return Confidence(omega=omega, update=update, threshold=confidence.threshold)
-
-
 def class_means(values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     """Per class c: the mean of `values` (B, 1, *s) weighted by `weights[:, c]` (B, C, *s); shape (C,)."""
     dims = (0, *range(2, values.ndim))
@@ -122,6 +107,24 @@ def class_medians(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         index = torch.searchsorted(cumulative, 0.5 * cumulative[-1]).clamp_max(ordered.numel() - 1)
         medians.append(ordered[index])
     return torch.stack(medians)
+
+
+def shuffled_within_classes(confidence: Confidence, weight: torch.Tensor, membership: torch.Tensor) -> Confidence:
+    """A control for omega*: its values (with their updates, pairwise) permuted at random among each class's voxels of
+    non-zero `weight`, so every class keeps its omega values and a voxel keeps its own only by chance. The weight is
+    soft: weighted by it, a class's mean omega becomes (in expectation) its unweighted mean over those voxels.
+    `membership` (B, C, *s) is a partition of the labelled voxels; unlabelled voxels and those outside `weight` keep
+    theirs. The hypergradient (kept for the label audit) is dropped."""
+    omega = confidence.omega.clone(memory_format=torch.contiguous_format)
+    update = confidence.update.clone(memory_format=torch.contiguous_format)
+    labelled = membership.amax(1, keepdim=True) > 0
+    owner = membership.argmax(1, keepdim=True)
+    for c in range(membership.shape[1]):
+        where = ((weight > 0) & labelled & (owner == c)).flatten().nonzero().squeeze(1)
+        source = where[torch.randperm(where.numel(), device=where.device)]
+        omega.view(-1)[where] = confidence.omega.flatten()[source]
+        update.view(-1)[where] = confidence.update.flatten()[source]
+    return Confidence(omega=omega, update=update, threshold=confidence.threshold)
 
 
 def functional_forward(module: torch.nn.Module) -> Forward:

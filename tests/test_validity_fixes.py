@@ -233,11 +233,11 @@ def test_shuffled_omega_keeps_each_class_values_but_loses_the_planted_flips():
     shuffled = shuffled_within_classes(conf, m_f, membership)
     fuzzy = m_f > 0
     assert torch.equal(shuffled.omega[~fuzzy], conf.omega[~fuzzy])
+    assert torch.equal(shuffled.update[~fuzzy], conf.update[~fuzzy])
     for c in (0, 1):
         voxels = fuzzy & (labels == c)
         before = sorted(zip(conf.omega[voxels].tolist(), conf.update[voxels].tolist()))
         assert sorted(zip(shuffled.omega[voxels].tolist(), shuffled.update[voxels].tolist())) == before
-        assert float((shuffled.omega[voxels] == conf.omega[voxels]).double().mean()) < 0.2  # it moved them
         flips = flipped & (labels == c)
         assert float(conf.omega[flips].mean()) < 0.95
         assert float(shuffled.omega[flips].mean()) == pytest.approx(float(conf.omega[voxels].mean()), abs=0.03)
@@ -344,18 +344,24 @@ def test_real_image_passes_see_the_unmasked_batch(dataset_2d, batch):
 
 
 def test_shuffled_variant_trains_on_the_shuffled_omega(dataset_2d, batch, monkeypatch):
-    """The control's omega (here a planted constant) is the one the fuzzy step and the statistics see."""
-    calls = []
+    """The control's omega and update (planted here: omega 0.5; the update kept, then every voxel noisy) are the ones
+    the fuzzy step, L_W's clean mask and the statistics see: L_W is > 0 with clean voxels and 0 without."""
+    calls, noisy = [], []
 
     def planted(confidence, weight, membership):
         calls.append(membership.shape[1])
-        return Confidence(omega=torch.full_like(confidence.omega, 0.5), update=confidence.update)
+        update = torch.full_like(confidence.omega, -1) if noisy else confidence.update
+        return Confidence(omega=torch.full_like(confidence.omega, 0.5), update=update)
 
     monkeypatch.setattr("nnunet_dale.trainer.shuffled_within_classes", planted)
     trainer = build(nnUNetTrainerDALE_omegaShuffled, dataset_2d)
     trainer.current_epoch = 999  # past the warm-up
-    out = trainer.train_step(copy_batch(batch))
-    assert calls == [2] and float(out["dale_mean_omega"]) == pytest.approx(0.5)
+    kept = trainer.train_step(copy_batch(batch))
+    noisy.append(True)
+    none_clean = trainer.train_step(copy_batch(batch))
+    assert calls == [2, 2] and float(kept["dale_mean_omega"]) == pytest.approx(0.5)
+    assert float(kept["dale_l_w"]) > 0 and float(kept["dale_noisy_share"]) < 1
+    assert float(none_clean["dale_l_w"]) == 0 and float(none_clean["dale_noisy_share"]) == 1
 
 
 def test_warmup_step_is_nnunets_own_and_logs_no_dale_statistics(dataset_2d, batch):
