@@ -54,6 +54,8 @@ __all__ = [
     "nnUNetTrainerDALE_splitPatches_bench",
     "nnUNetTrainerDALE_stableLW",
     "nnUNetTrainerDALE_stableLW_bench",
+    "nnUNetTrainerDALE_strongOmega",
+    "nnUNetTrainerDALE_strongOmega_bench",
     "nnUNetTrainerDALE_twoSteps",
     "nnUNetTrainerDALE_twoSteps_bench",
     "nnUNetTrainerDALE_warmup",
@@ -157,6 +159,13 @@ class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
     batch, so it keeps its values per class but carries no per-voxel label confidence."""
 
     dale_defaults = {**SHIPPED, "omega_shuffle": True}
+
+
+class nnUNetTrainerDALE_strongOmega(nnUNetTrainerDALE):
+    """The shipped configuration with omega's Adam learning rate tripled (0.3): with the normalised hypergradient a
+    one-step omega is ~1 -+ lr per voxel, so its label confidence spans 0.7-1.3 instead of 0.9-1.1."""
+
+    dale_defaults = {**SHIPPED, "omega_lr": 0.3}
 
 
 # --- ablations (Table 4) of the shipped configuration
@@ -301,6 +310,10 @@ class nnUNetTrainerDALE_imageDice_bench(_Bench, nnUNetTrainerDALE_imageDice):
 
 
 class nnUNetTrainerDALE_omegaShuffled_bench(_Bench, nnUNetTrainerDALE_omegaShuffled):
+    pass
+
+
+class nnUNetTrainerDALE_strongOmega_bench(_Bench, nnUNetTrainerDALE_strongOmega):
     pass
 
 

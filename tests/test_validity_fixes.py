@@ -26,6 +26,7 @@ from nnunet_dale.variants import (
     nnUNetTrainerDALE_paper,
     nnUNetTrainerDALE_realImage,
     nnUNetTrainerDALE_singleUpdate,
+    nnUNetTrainerDALE_strongOmega,
 )
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE, weight_pyramid
 
@@ -183,7 +184,7 @@ def test_median_centring_gives_each_class_equal_weight_up_and_down():
         assert float(conf.omega[labels == c].mean()) == pytest.approx(1.0, abs=0.1 / 16)
 
 
-def planted_flips(transform=None):
+def planted_flips(transform=None, lr=0.1):
     """The sign test's set-up (test_confidence): labels flipped in a known part of the fuzzy region."""
     torch.manual_seed(0)
     net = TinyNet().double()
@@ -203,7 +204,7 @@ def planted_flips(transform=None):
     conf = learn_confidence(
         forward, dict(net.named_parameters()), x * m_f, x * (1 - m_f),
         lambda out, omega: loss(out, labels, omega * m_f, m_f), lambda out: loss(out, labels, 1 - m_f), m_f.shape,
-        shadow_lr=1e-7, transform=None if transform is None else (lambda h: transform(h, m_f, membership)),
+        shadow_lr=1e-7, lr=lr, transform=None if transform is None else (lambda h: transform(h, m_f, membership)),
     )  # fmt: skip
     return conf, flipped, m_f, labels
 
@@ -221,6 +222,21 @@ def test_normalised_omega_puts_planted_flips_measurably_below_one_within_each_cl
         assert float(conf.omega[fuzzy & ~flipped & in_class].mean()) > 1.0
         assert float((conf.update[fuzzy & in_class] > 0).double().mean()) == pytest.approx(0.5, abs=0.2)
     assert float(conf.noisy[flipped].double().mean()) > 0.8
+
+
+def test_strong_omega_moves_planted_flips_three_times_as_far_as_the_shipped_one():
+    """A one-step omega is Adam's first step, 1 - lr * g / (|g| + eps) on the normalised hypergradient g (written
+    out here, not torch's Adam): the strong variant's lr puts most planted flips at 0.7, on the mean three times as
+    far from 1 as the shipped lr 0.1."""
+    lr = DALEConfig(**nnUNetTrainerDALE_strongOmega.dale_defaults).omega_lr
+    strong, flipped, m_f, labels = planted_flips(normalised_hypergradient, lr=lr)
+    shipped, *_ = planted_flips(normalised_hypergradient, lr=DALEConfig(**SHIPPED).omega_lr)
+    g = normalised_hypergradient(strong.hypergradient, m_f, torch.cat([1 - labels, labels], 1))
+    torch.testing.assert_close(strong.omega, 1 - lr * g / (g.abs() + 1e-8))
+    assert lr == pytest.approx(0.3)
+    assert float(strong.omega[flipped].median()) == pytest.approx(0.7)  # most flips judged noisy, at 1 - lr
+    distance = float((1 - strong.omega[flipped]).mean()) / float((1 - shipped.omega[flipped]).mean())
+    assert distance == pytest.approx(3.0, rel=0.02)
 
 
 def test_shuffled_omega_keeps_each_class_values_but_loses_the_planted_flips():
