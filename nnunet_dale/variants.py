@@ -24,6 +24,7 @@ __all__ = [
     "nnUNetTrainerDALE_AEonly",
     "nnUNetTrainerDALE_allFixes",
     "nnUNetTrainerDALE_allFixes_bench",
+    "nnUNetTrainerDALE_allFixes_bench100epochs",
     "nnUNetTrainerDALE_bench",
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_demo",
@@ -295,6 +296,13 @@ class nnUNetTrainerDALE_warmup_bench(_Bench, nnUNetTrainerDALE_warmup):
 
 class nnUNetTrainerDALE_allFixes_bench(_Bench, nnUNetTrainerDALE_allFixes):
     pass
+
+
+class nnUNetTrainerDALE_allFixes_bench100epochs(_Schedule, nnUNetTrainerDALE_allFixes):
+    """The shipped configuration with default nnU-Net's `_benchShippedTime` length (100 epochs x 25 iterations): does
+    DALE's lead hold when training is long enough for default nnU-Net to fit the label noise?"""
+
+    epochs, iterations, val_iterations = 100, 25, 10
 
 
 class nnUNetTrainerDALE_twoSteps_bench(_Bench, nnUNetTrainerDALE_twoSteps):
