@@ -9,8 +9,8 @@ Times are for 2 idle CPU cores; run nothing else meanwhile (two trainings on 2 c
 Same pipeline as `nnunet-dale demo` (real nnU-Net planning, training, prediction; evaluation against the clean test
 labels), with the schedule of nnUNetTrainer_bench / nnUNetTrainerDALE_bench (40 epochs x 25 iterations) and one run
 per fold (each fold: its own random initialisation and train/validation split; the test set is the same). Writes the
-comparison table, the command and the time to docs/results.md, the figure to docs/figures/results-benchmark.png, and
-the time-to-accuracy figure (benchmarks.time_to_accuracy) for each fold.
+comparison table, the command, the time and one time-to-accuracy row per fold (benchmarks.time_to_accuracy) to
+docs/results.md, and the figure to docs/figures/results-benchmark.png.
 """
 
 from __future__ import annotations
@@ -45,13 +45,9 @@ def main() -> None:
     start = time.perf_counter()
     demo = Demo(Path(args.output), settings)
     demo.prepare()
-    runs: dict[str, list[Path]] = {"nnU-Net": [], "DALE": []}
-    speed = []
-    for fold in args.folds:
-        for method, trainer in zip(runs, demo.trainers):
-            runs[method].append(demo.train_predict_evaluate(trainer, fold))
-        results = demo.out / "nnUNet_results" / demo.dataset.name
-        speed.append((fold, time_to_accuracy(results, settings.baseline, settings.dale, fold)))
+    runs = demo.run_folds(args.folds)
+    results = demo.out / "nnUNet_results" / demo.dataset.name
+    speed = [(fold, time_to_accuracy(results, settings.baseline, settings.dale, fold)) for fold in args.folds]
     table = demo.compare(runs, omega_fold=args.folds[0])
     hours = (time.perf_counter() - start) / 3600
     print(table)

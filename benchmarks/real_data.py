@@ -39,6 +39,7 @@ from nnunet_dale.cli import USER_ERRORS
 from nnunet_dale.converters import convert, get_converter
 from nnunet_dale.demo import DemoError, DemoSettings, RawDatasetDemo
 from nnunet_dale.holdout import check_hold_out
+from nnunet_dale.nnunet_env import FOLDER_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -158,12 +159,9 @@ def run(args: argparse.Namespace) -> None:
     data = RealData(args.dataset, args.source, args.max_size, args.hold_out, args.hold_out_seed)
     start = time.perf_counter()
     bench = RealDataBenchmark(args.output, data, settings)
-    os.environ.update({k: bench.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    os.environ.update({k: bench.env[k] for k in FOLDER_VARIABLES})
     bench.prepare()
-    runs: dict[str, list[Path]] = {"nnU-Net": [], "DALE": []}
-    for fold in args.folds:
-        for method, trainer in zip(runs, bench.trainers):
-            runs[method].append(bench.train_predict_evaluate(trainer, fold))
+    runs = bench.run_folds(args.folds)
     table = bench.compare(runs, omega_fold=args.folds[0])
     hours = (time.perf_counter() - start) / 3600
     print(table, flush=True)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
@@ -71,9 +72,9 @@ class Demo:
     def run(self) -> Path:
         start = time.perf_counter()
         self.prepare()
-        evaluations = {trainer: self.train_predict_evaluate(trainer, self.s.fold) for trainer in self.trainers}
+        runs = self.run_folds([self.s.fold])
         self._say("6/6 comparison")
-        table = self.compare({"nnU-Net": [evaluations[self.s.baseline]], "DALE": [evaluations[self.s.dale]]})
+        table = self.compare(runs)
         print(table, flush=True)
         minutes = (time.perf_counter() - start) / 60
         self._say(f"done in {minutes:.1f} min. Everything is in {self.out}")
@@ -99,6 +100,14 @@ class Demo:
             self.raw, self.s.dataset_id, num_train=self.s.num_train, num_test=self.s.num_test, size=self.s.size,
             seed=self.s.seed, noise=self.s.noise,
         )  # fmt: skip
+
+    def run_folds(self, folds: Sequence[int]) -> dict[str, list[Path]]:
+        """Steps 3-5 for both trainers, fold by fold: the evaluation folders per method ("nnU-Net", "DALE")."""
+        runs: dict[str, list[Path]] = {"nnU-Net": [], "DALE": []}
+        for fold in folds:
+            for method, trainer in zip(runs, self.trainers):
+                runs[method].append(self.train_predict_evaluate(trainer, fold))
+        return runs
 
     def train_predict_evaluate(self, trainer: str, fold: int) -> Path:
         """Steps 3-5 for one trainer and fold: train, predict the test cases, evaluate against their labels."""
