@@ -63,6 +63,11 @@ class Confidence:
     def noisy(self) -> torch.Tensor:
         return self.update < -self.threshold
 
+    @classmethod
+    def neutral(cls, like: torch.Tensor) -> Confidence:
+        """omega = 1 everywhere and no update (nothing judged), shaped like `like`."""
+        return cls(omega=torch.ones_like(like), update=torch.zeros_like(like))
+
 
 def normalised_hypergradient(
     hypergradient: torch.Tensor,

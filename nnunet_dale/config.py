@@ -18,7 +18,8 @@ from typing import Any
 
 ENV_FILE = "NNUNET_DALE_CONFIG"
 ENV_PREFIX = "NNUNET_DALE_"
-CONTROL_VARIABLES = (ENV_FILE, "NNUNET_DALE_ALLOW_CONFIG_CHANGE")  # NNUNET_DALE_* that are not hyper-parameters
+ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"  # =1: resume or overwrite with changed settings
+CONTROL_VARIABLES = (ENV_FILE, ALLOW_CONFIG_CHANGE)  # NNUNET_DALE_* that are not hyper-parameters
 FEATURE_SITES = ("head", "bottleneck")
 LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast")
@@ -26,6 +27,7 @@ OMEGA_CENTRES = ("mean", "median")
 DICE_SCOPES = ("region", "image")
 
 __all__ = [
+    "ALLOW_CONFIG_CHANGE",
     "CONTROL_VARIABLES",
     "DICE_SCOPES",
     "ENV_FILE",

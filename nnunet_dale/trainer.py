@@ -42,14 +42,21 @@ from nnunet_dale.confidence import (
     normalised_hypergradient,
     shuffled_within_classes,
 )
-from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, resolve_patch_size, split_options
+from nnunet_dale.config import (
+    ALLOW_CONFIG_CHANGE,
+    SHIPPED,
+    DALEConfig,
+    DALEConfigError,
+    load_config,
+    resolve_patch_size,
+    split_options,
+)
 from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import pixel_weighted_loss, weight_pyramid
 
-__all__ = ["ALLOW_CONFIG_CHANGE", "OMEGA_MOVED", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
+__all__ = ["OMEGA_MOVED", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
 
-ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"
 OMEGA_MOVED = 1e-3  # |omega - 1| above this counts as moved (dale_omega_moved)
 
 
@@ -342,8 +349,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         ).tolist()
         if not finite_omega:
             self._fallback("non-finite omega: omega = 1 for this iteration")
-            ones = torch.ones_like(confidence.omega)
-            confidence = Confidence(omega=ones, update=torch.zeros_like(ones))
+            confidence = Confidence.neutral(confidence.omega)
         if not finite_lw:
             self._fallback("non-finite L_W: alignment skipped for this iteration")
             alignment = Alignment(loss=torch.zeros_like(alignment.loss), classes_used=alignment.classes_used)
@@ -383,8 +389,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         maps the hypergradient before Adam (omega_normalise)."""
         cfg = self.dale_config
         if not cfg.use_omega:
-            ones = torch.ones_like(split.fuzzy)
-            return Confidence(omega=ones, update=torch.zeros_like(ones))
+            return Confidence.neutral(split.fuzzy)
         return dataclasses.replace(
             self._lookahead(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform),
             threshold=cfg.clean_threshold,
@@ -401,9 +406,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         if cfg.omega_mode == "fast":
             if gradient_n is None:  # the non-fuzzy step was skipped: no direction to look along
                 self._fallback("no non-fuzzy gradient: omega = 1 for this iteration")
-                return Confidence(omega=torch.ones_like(split.fuzzy), update=torch.zeros_like(split.fuzzy))
-            names = [n for n, p in module.named_parameters() if p.requires_grad]
-            direction = dict(zip(names, gradient_n))
+                return Confidence.neutral(split.fuzzy)
+            direction = dict(zip(params, gradient_n))
             return fast_confidence(
                 forward, params, x_f, shared, fuzzy_loss, direction, split.fuzzy.shape, lr, cfg.lookahead_steps,
                 cfg.omega_lr, transform=transform,
