@@ -16,13 +16,7 @@ _BUSI_FILE = re.compile(r"(?P<cls>[a-z]+) \((?P<n>\d+)\)(?P<mask>_mask(?:_(?P<k>
 
 
 def collect(tree: SourceTree) -> Collected:
-    root = tree.find_dir(["Dataset_BUSI_with_GT"], any_zip=True)
-    if root is None:
-        root = next((r for r in tree.roots if child_dir(r, ["benign"], required=False) is not None), None)
-    if root is None:
-        raise ConversionError(
-            f"expected folder Dataset_BUSI_with_GT (with benign/, malignant/, normal/) not found in {tree.source}"
-        )
+    root = tree.dataset_root("Dataset_BUSI_with_GT", "benign", "with benign/, malignant/, normal/")
     cases = []
     for cls in BUSI_CLASSES:
         folder = child_dir(root, [cls])

@@ -185,6 +185,15 @@ class SourceTree:
         self.roots += new_roots
         return self._search(new_roots, wanted, max_depth)
 
+    def dataset_root(self, name: str, marker: str, what: str) -> Path:
+        """The folder ``name``, else the first root holding a ``marker`` folder (the dataset under another name)."""
+        root = self.find_dir([name], any_zip=True)
+        if root is None:
+            root = next((r for r in self.roots if child_dir(r, [marker], required=False) is not None), None)
+        if root is None:
+            raise ConversionError(f"expected folder {name} ({what}) not found in {self.source}")
+        return root
+
     def require_dir(self, names: Sequence[str], what: str = "") -> Path:
         found = self.find_dir(names, any_zip=True)
         if found is None:
