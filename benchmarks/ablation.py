@@ -14,7 +14,8 @@ as benchmarks.real_data) and `benchmark` (the built-in noisy-label benchmark, 50
 evaluated against the clean labels, as benchmarks.noisy_benchmark). The first trainer is the baseline. Each
 (trainer, fold) is trained, predicted and evaluated once and reused when the script is run again with the same work
 folder, so a study can be stopped and resumed, and trainers or folds added later. Writes the section
-`<!-- ablation-<dataset>-<px>px[-seed<S>][-<tag>] -->` of docs/results.md (or --results): per trainer the mean ± sd over
+`<!-- ablation-<dataset>-<px>px-seed<S>[-<tag>][-postprocessed] -->` (`ablation-benchmark-seed<S>[-<tag>][-test<N>]` for
+the built-in benchmark) of docs/results.md (or --results): per trainer the mean ± sd over
 runs of Dice, IoU, HD95, ASD and fuzzy-region Dice, the change against the baseline on the same folds, p over cases
 (per-case means over runs) and over runs (paired by fold), and the training wall time per run.
 Run nothing else meanwhile: two trainings on 2 cores slow each other many times.
@@ -33,13 +34,12 @@ import torch
 
 from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import provenance, write_section
-from nnunet_dale.compare import compare, format_p
+from nnunet_dale.compare import DEFAULT_METRICS as METRICS
+from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p
 from nnunet_dale.demo import Demo, DemoSettings
 from nnunet_dale.holdout import check_hold_out
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("Dice", "IoU", "HD95", "ASD", "Dice_fuzzy")
-LOWER_IS_BETTER = ("HD95", "ASD")
 
 
 def make_study(args: argparse.Namespace) -> Demo:
@@ -162,7 +162,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> str:
     start = time.perf_counter()
     study = make_study(args)
-    study.env.update({"nnUNet_compile": "false"})
     study.prepare()
     baseline = args.trainers[0]
     evaluations: dict[str, dict[int, Path]] = {t: {} for t in args.trainers}

@@ -21,9 +21,7 @@ from nnunet_dale.files import atomic_write, json_safe, read_segmentation, suppor
 from nnunet_dale.metrics import (
     FUZZY_METRIC,
     METRICS,
-    boundary,
     case_metrics,
-    dice,
     reference_fuzzy_mask,
     surface_distances,
 )
@@ -37,9 +35,7 @@ __all__ = [
     # from here)
     "FUZZY_METRIC",
     "METRICS",
-    "boundary",
     "case_metrics",
-    "dice",
     "read_segmentation",
     "reference_fuzzy_mask",
     "supported_endings",

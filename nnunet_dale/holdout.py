@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_dale.files import staging_dir
+from nnunet_dale.files import atomic_write, staging_dir
 from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
@@ -114,9 +114,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data) -> None:
     """A new file replacing ``path`` (never writing into the old file, which may be hard-linked to the original)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=4))
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=4)))
 
 
 def _read_dataset(folder: Path) -> tuple[dict, dict[str, list[Path]]]:

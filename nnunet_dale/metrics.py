@@ -212,7 +212,8 @@ def reference_fuzzy_mask(
 
     m is the AE&ER split's per-patch score with the edge criterion only (fuzzy_split(use_entropy=False)): the share of
     label-edge voxels in the patch (Eq. 4), min-max normalised over the image's patches (Eq. 5). Patches default to
-    the trainer's default split patch (`config.default_patch_size`: 16 voxels per axis for isotropic images). A
+    `config.default_patch_size` (16 voxels per axis for isotropic images, the literal reading's split patch), fixed so
+    that the evaluated region does not depend on the trainer (the shipped one scales its patch with the image). A
     reference with fewer than two patches, or whose patches all have the same edge ratio (e.g. no foreground), has
     an empty fuzzy region.
     """

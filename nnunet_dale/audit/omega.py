@@ -157,7 +157,7 @@ def audit_image(
     h, w = seg.shape
     patch = tuple(int(p) for p in model.configuration_manager.patch_size)
     batch_size = max(1, int(model.configuration_manager.batch_size))
-    sums = np.zeros((len(TileOmega._fields), h, w), np.float64)  # noisy, fuzzy, omega
+    sums = np.zeros((len(TileOmega._fields), h, w), np.float64)  # one plane per TileOmega field
     prediction = None
     for index, (rot, flip, offset) in enumerate(pass_transforms((h, w), settings.passes, model.split_patch_size)):
         reference = reference_batch(model, context, rot, flip)

@@ -174,7 +174,7 @@ def rank_key(audit: CaseAudit) -> tuple:
 
 def rank_rows(audits: Sequence[CaseAudit]) -> list[dict[str, Any]]:
     """CSV rows: cases by decreasing case score (ties by name), each case's summary row first, then its regions by
-    decreasing score."""
+    decreasing evidence (the case score's column, `CASE_SCORE`)."""
     ordered = sorted(audits, key=rank_key)
     rows = []
     for rank, audit in enumerate(ordered, 1):
