@@ -22,6 +22,7 @@ __all__ = [
     "nnUNetTrainerDALE_50epochs",
     "nnUNetTrainerDALE_5epochs",
     "nnUNetTrainerDALE_AEonly",
+    "nnUNetTrainerDALE_AEonly_bench",
     "nnUNetTrainerDALE_allFixes",
     "nnUNetTrainerDALE_allFixes_bench",
     "nnUNetTrainerDALE_allFixes_bench100epochs",
@@ -29,6 +30,7 @@ __all__ = [
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_demo",
     "nnUNetTrainerDALE_ERonly",
+    "nnUNetTrainerDALE_ERonly_bench",
     "nnUNetTrainerDALE_fast",
     "nnUNetTrainerDALE_finetune",
     "nnUNetTrainerDALE_finetune_quick",
@@ -326,6 +328,14 @@ class nnUNetTrainerDALE_strongOmega_bench(_Bench, nnUNetTrainerDALE_strongOmega)
 
 
 class nnUNetTrainerDALE_noOmega_bench(_Bench, nnUNetTrainerDALE_noOmega):
+    pass
+
+
+class nnUNetTrainerDALE_AEonly_bench(_Bench, nnUNetTrainerDALE_AEonly):
+    pass
+
+
+class nnUNetTrainerDALE_ERonly_bench(_Bench, nnUNetTrainerDALE_ERonly):
     pass
 
 

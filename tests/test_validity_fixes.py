@@ -469,3 +469,21 @@ def test_a_configured_patch_size_wins_over_the_shipped_patches_per_side():
     assert cfg.patch_size == (8, 8) and cfg.split_patches == 0
     with pytest.raises(DALEConfigError, match="split_patches/patch_size"):
         load_config(SHIPPED, environ={"NNUNET_DALE_PATCH_SIZE": "8,8", "NNUNET_DALE_SPLIT_PATCHES": "4"})
+
+
+def test_every_bench_twin_is_its_idea_on_the_study_schedule():
+    """A `_bench` trainer is its idea (the class named without `_bench`) on the study's 40 x 25 schedule (10
+    validation iterations); a twin built on the wrong base would train another idea under the idea's name."""
+    from nnunet_dale import variants
+    from nnunet_dale.trainer import nnUNetTrainerDALE
+
+    twins = [n for n in variants.__all__ if n.startswith("nnUNetTrainerDALE") and n.endswith("_bench")]
+    assert {"nnUNetTrainerDALE_bench", "nnUNetTrainerDALE_AEonly_bench", "nnUNetTrainerDALE_ERonly_bench"} <= set(twins)
+    for name in twins:
+        twin = getattr(variants, name)
+        idea = getattr(variants, name.removesuffix("_bench"), nnUNetTrainerDALE)
+        assert issubclass(twin, idea) and twin.dale_defaults == idea.dale_defaults, name
+        assert (twin.epochs, twin.iterations, twin.val_iterations) == (40, 25, 10), name
+    longer = variants.nnUNetTrainerDALE_allFixes_bench100epochs
+    assert longer.dale_defaults == SHIPPED
+    assert (longer.epochs, longer.iterations, longer.val_iterations) == (100, 25, 10)
