@@ -232,6 +232,12 @@ class _Bench(_Schedule):
     epochs, iterations, val_iterations = 40, 25, 10
 
 
+class _BenchShippedTime(_Schedule):
+    """The study's schedule for the shipped DALE's wall time: 100 epochs x 25 iterations (10 validation)."""
+
+    epochs, iterations, val_iterations = 100, 25, 10
+
+
 # --- the demo's schedule (nnunet-dale demo): both trainers see the same batches count
 class nnUNetTrainer_demo(_Schedule, nnUNetTrainer):
     """Default nnU-Net with the demo's short CPU schedule."""
@@ -257,11 +263,9 @@ class nnUNetTrainer_benchSameTime(_Schedule, nnUNetTrainer):
     epochs, iterations, val_iterations = 140, 25, 10
 
 
-class nnUNetTrainer_benchShippedTime(_Schedule, nnUNetTrainer):
+class nnUNetTrainer_benchShippedTime(_BenchShippedTime, nnUNetTrainer):
     """Default nnU-Net given the shipped DALE's wall time on the benchmark schedule: 100 epochs x 25 iterations
     (its 40-epoch runs took 2.3-2.8x the default's alone on the machine, median 2.4x, docs/results.md)."""
-
-    epochs, iterations, val_iterations = 100, 25, 10
 
 
 class nnUNetTrainerDALE_bench(_Bench, nnUNetTrainerDALE):
@@ -300,11 +304,9 @@ class nnUNetTrainerDALE_allFixes_bench(_Bench, nnUNetTrainerDALE_allFixes):
     pass
 
 
-class nnUNetTrainerDALE_allFixes_bench100epochs(_Schedule, nnUNetTrainerDALE_allFixes):
+class nnUNetTrainerDALE_allFixes_bench100epochs(_BenchShippedTime, nnUNetTrainerDALE_allFixes):
     """The shipped configuration with default nnU-Net's `_benchShippedTime` length (100 epochs x 25 iterations): does
     DALE's lead hold when training is long enough for default nnU-Net to fit the label noise?"""
-
-    epochs, iterations, val_iterations = 100, 25, 10
 
 
 class nnUNetTrainerDALE_twoSteps_bench(_Bench, nnUNetTrainerDALE_twoSteps):

@@ -481,9 +481,9 @@ def test_every_bench_twin_is_its_idea_on_the_study_schedule():
     assert {"nnUNetTrainerDALE_bench", "nnUNetTrainerDALE_AEonly_bench", "nnUNetTrainerDALE_ERonly_bench"} <= set(twins)
     for name in twins:
         twin = getattr(variants, name)
-        idea = getattr(variants, name.removesuffix("_bench"), nnUNetTrainerDALE)
+        idea = nnUNetTrainerDALE if name == "nnUNetTrainerDALE_bench" else getattr(variants, name[: -len("_bench")])
         assert issubclass(twin, idea) and twin.dale_defaults == idea.dale_defaults, name
         assert (twin.epochs, twin.iterations, twin.val_iterations) == (40, 25, 10), name
-    longer = variants.nnUNetTrainerDALE_allFixes_bench100epochs
-    assert longer.dale_defaults == SHIPPED
-    assert (longer.epochs, longer.iterations, longer.val_iterations) == (100, 25, 10)
+    for longer in (variants.nnUNetTrainerDALE_allFixes_bench100epochs, variants.nnUNetTrainer_benchShippedTime):
+        assert (longer.epochs, longer.iterations, longer.val_iterations) == (100, 25, 10), longer.__name__
+    assert variants.nnUNetTrainerDALE_allFixes_bench100epochs.dale_defaults == SHIPPED
