@@ -8,6 +8,8 @@
     python -m benchmarks.ablation --dataset benchmark --seed 1 ...            # the built-in benchmark, data seed 1
     python -m benchmarks.ablation ... --postprocessed    # the same runs after nnU-Net's own postprocessing
     python -m benchmarks.ablation --dataset benchmark ... --test-cases 200   # the same runs on 200 test cases
+    python -m benchmarks.ablation --dataset benchmark ... --test-cases 200 --test-lesion-scale 2  # size shift
+    python -m benchmarks.ablation --dataset isic2017 --hold-out-by largest ...  # size shift: test the largest lesions
 
 Datasets: `isic2017` / `busi` (the subsets in ../shared/data, converted at --max-size px with a seeded 30 % hold-out,
 as benchmarks.real_data) and `benchmark` (the built-in noisy-label benchmark, 50 training / 20 test cases,
@@ -17,13 +19,16 @@ folder, so a study can be stopped and resumed, and trainers or folds added later
 `<!-- ablation-<dataset>-<px>px-seed<S>[-<tag>][-postprocessed] -->` (`ablation-benchmark-seed<S>[-<tag>][-test<N>]` for
 the built-in benchmark) of docs/results.md (or --results): per trainer the mean ± sd over
 runs of Dice, IoU, HD95, ASD and fuzzy-region Dice, the change against the baseline on the same folds, p over cases
-(per-case means over runs) and over runs (paired by fold), and the training wall time per run.
+(per-case means over runs) and over runs (paired by fold), and the training wall time per run; below it the Dice per
+lesion-size bin and the cases below Dice 0.3 (`nnunet_dale.compare.size_bins`). The numbers behind the section go
+to `docs/data/ablation/<key>.json` (one record per trainer and run, and the size bins).
 Run nothing else meanwhile: two trainings on 2 cores slow each other many times.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -35,9 +40,11 @@ import torch
 from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import provenance, write_section
 from nnunet_dale.compare import DEFAULT_METRICS as METRICS
-from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p
+from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p, load_run
+from nnunet_dale.compare.size_bins import format_size_table, size_breakdown
 from nnunet_dale.demo import Demo, DemoSettings
-from nnunet_dale.holdout import check_hold_out
+from nnunet_dale.files import atomic_write
+from nnunet_dale.holdout import HOLD_OUT_BY, check_hold_out
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +60,7 @@ def make_study(args: argparse.Namespace) -> Demo:
     source = SHARED_DATA / DATASETS[args.dataset][0]
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist (see ../shared/data/README.md)")
-    data = RealData(args.dataset, source, args.max_size, 0.3, args.hold_out_seed)
+    data = RealData(args.dataset, source, args.max_size, 0.3, args.hold_out_seed, args.hold_out_by)
     return RealDataBenchmark(args.output, data, DemoSettings(baseline=baseline, dale=others[0]))
 
 
@@ -123,9 +130,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", choices=range(5), default=[0])
     parser.add_argument("--max-size", type=int, default=64, help="longer image side in px (real datasets)")
     parser.add_argument("--hold-out-seed", type=int, default=0, help="seed of the 30 %% hold-out (real datasets)")
+    parser.add_argument(
+        "--hold-out-by", choices=HOLD_OUT_BY, default="random",
+        help="real datasets: 'largest' holds out the 30 %% of cases with the largest lesions (size-shift test)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="data seed of the built-in benchmark")
     parser.add_argument("-o", "--output", help="work folder, reused when re-run (default dale_ablation_<key>)")
     parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    parser.add_argument("--data", help="folder of the JSON data files (default: data/ablation beside --results)")
     parser.add_argument("--title", default="", help="what this table is for (screening, confirmation, ...)")
     parser.add_argument("--tag", default="", help="suffix of the section key: a new table beside earlier ones")
     parser.add_argument(
@@ -138,6 +150,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="benchmark only: evaluate the finished runs on this many of its test cases, > 20 (own section)",
     )
+    parser.add_argument(
+        "--test-lesion-scale",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="benchmark only: evaluate on test cases whose lesions are S times larger (size-shift test, own section)",
+    )
     args = parser.parse_args(argv)
     if args.tag and not args.tag.replace("-", "").isalnum():
         parser.error(f"--tag must be letters, digits and '-'; got {args.tag!r}")
@@ -147,14 +166,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(
             "--test-cases is for the built-in benchmark (> 20, its standard test set), without --postprocessed"
         )
+    if args.test_lesion_scale != 1.0 and (args.dataset != "benchmark" or args.postprocessed):
+        parser.error("--test-lesion-scale is for the built-in benchmark, without --postprocessed")
+    if args.hold_out_by != "random" and args.dataset == "benchmark":
+        parser.error("--hold-out-by is for the real datasets (the benchmark has its own test set)")
     if args.dataset == "benchmark":
         args.key, args.max_size = f"ablation-benchmark-seed{args.seed}", 64
     else:
         check_hold_out(0.3, args.hold_out_seed)
         args.key = f"ablation-{args.dataset}-{args.max_size}px-seed{args.hold_out_seed}"
+        args.key += "-largest" if args.hold_out_by == "largest" else ""
     args.key += f"-{args.tag}" if args.tag else ""
     args.key += "-postprocessed" if args.postprocessed else ""
     args.key += f"-test{args.test_cases}" if args.test_cases else ""
+    args.key += f"-scale{args.test_lesion_scale:g}".replace(".", "p") if args.test_lesion_scale != 1.0 else ""
     args.output = Path(args.output or f"dale_{args.key.replace('-', '_')}")
     return args
 
@@ -172,12 +197,13 @@ def run(args: argparse.Namespace) -> str:
         evaluations[trainer] = {args.folds[0]: study.train_predict_evaluate(trainer, args.folds[0])}
     if args.postprocessed:
         evaluations = {t: {f: study.postprocess_evaluate(t, f) for f in runs} for t, runs in evaluations.items()}
-    if args.test_cases:
+    if args.test_cases or args.test_lesion_scale != 1.0:
+        num_test = args.test_cases or 20
         evaluations = {
-            t: {f: study.more_test_cases_evaluate(t, f, args.test_cases) for f in runs}
+            t: {f: study.more_test_cases_evaluate(t, f, num_test, args.test_lesion_scale) for f in runs}
             for t, runs in evaluations.items()
         }
-    rows = []
+    rows, records = [], []
     for trainer in [*args.trainers, *args.screen]:
         folds = sorted(evaluations[trainer])
         other = trainer if trainer != baseline else args.trainers[1]
@@ -185,6 +211,8 @@ def run(args: argparse.Namespace) -> str:
         comparison = compare(runs, study.out / "ablation" / other, num_examples=0)
         minutes = [training_minutes(study, trainer, f) for f in folds]
         rows.append(table_row(trainer, folds, comparison, minutes, baseline))
+        records += [run_record(trainer, f, evaluations[trainer][f], m) for f, m in zip(folds, minutes)]
+    sizes = size_breakdown({t: [evaluations[t][f] for f in sorted(evaluations[t])] for t in evaluations})
     hours = (time.perf_counter() - start) / 3600
     data = study.describe_data() if hasattr(study, "describe_data") else "built-in benchmark, 50 / 20 cases, 64 px"
     if args.test_cases:
@@ -203,10 +231,30 @@ def run(args: argparse.Namespace) -> str:
             "",
             HEADER,
             *rows,
+            "",
+            "Dice by lesion size (share of the image covered by the reference lesion; the mean over the bin's cases "
+            "of each case's Dice averaged over runs) and, in brackets, the cases below Dice 0.3 per run:",
+            "",
+            format_size_table(sizes),
         ]
     )
     write_section(Path(args.results), args.key, text)
+    data = Path(args.data or Path(args.results).parent / "data" / "ablation") / f"{args.key}.json"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"key": args.key, "command": command, "baseline": baseline, "runs": records, "size_bins": sizes}
+    atomic_write(data, lambda f: f.write(json.dumps(payload, indent=1) + "\n"))
     return text
+
+
+def run_record(trainer: str, fold: int, evaluation: Path, minutes: float) -> dict:
+    """One run's means over its test cases (the first foreground label) and its training minutes."""
+    cases = load_run(evaluation)["cases"].values()
+    means = {}
+    for metric in METRICS:
+        values = [r["metrics"]["1"].get(metric) for r in cases if "1" in r["metrics"]]
+        finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        means[metric] = statistics.fmean(finite) if finite else None
+    return {"trainer": trainer, "fold": fold, **means, "train_min": round(minutes, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

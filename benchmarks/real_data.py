@@ -60,6 +60,7 @@ class RealData:
     max_size: int
     hold_out: float
     seed: int
+    by: str = "random"  # "largest": hold out the largest lesions (the size-shift test)
 
 
 class RealDataBenchmark(RawDatasetDemo):
@@ -76,10 +77,13 @@ class RealDataBenchmark(RawDatasetDemo):
             self._say(f"1/6 reusing the converted dataset {self.source}")
             self._check_reusable()
         else:
-            self._say(f"1/6 converting {d.source} ({d.name}, --max-size {d.max_size}, --hold-out {d.hold_out:g})")
+            self._say(
+                f"1/6 converting {d.source} ({d.name}, --max-size {d.max_size}, --hold-out {d.hold_out:g}, "
+                f"--hold-out-by {d.by})"
+            )
             convert(
                 d.name, d.source, self.s.dataset_id, raw_root=self.raw, max_size=d.max_size, hold_out=d.hold_out,
-                hold_out_seed=d.seed,
+                hold_out_seed=d.seed, hold_out_by=d.by,
             )  # fmt: skip
         return self.check_dataset()
 
@@ -88,11 +92,14 @@ class RealDataBenchmark(RawDatasetDemo):
         json_file = self.source / "dataset.json"
         made = json.loads(json_file.read_text()) if json_file.is_file() else {}
         record = made.get("hold_out") or {}
-        was = (made.get("converted_by"), made.get("max_size"), record.get("fraction"), record.get("seed"))
-        wanted = (f"nnunet-dale convert {d.name} (from {d.source.name})", d.max_size, d.hold_out, d.seed)
+        was = (
+            made.get("converted_by"), made.get("max_size"), record.get("fraction"), record.get("seed"),
+            record.get("by", "random"),
+        )  # fmt: skip
+        wanted = (f"nnunet-dale convert {d.name} (from {d.source.name})", d.max_size, d.hold_out, d.seed, d.by)
         if was != wanted:
             raise DemoError(
-                f"{self.source} was made with (converted_by, max_size, hold-out, seed) = {was}, this run asks for "
+                f"{self.source} was made with (converted_by, max_size, hold-out, seed, by) = {was}, this run asks for "
                 f"{wanted}: use another -o folder or delete this one"
             )
 
@@ -103,11 +110,17 @@ class RealDataBenchmark(RawDatasetDemo):
         sizes = [image_size(p) for split in ("imagesTr", "imagesTs") for p in (self.dataset / split).iterdir()]
         width, height = (f"{min(v)}" if min(v) == max(v) else f"{min(v)}-{max(v)}" for v in zip(*sizes))
         total = record["num_training"] + record["num_test"]
+        how = f"`--hold-out-seed {d.seed}`, stratified by empty / non-empty mask"
+        if d.by == "largest":
+            how = (
+                "`--hold-out-by largest`: the cases with the largest lesions, covering "
+                f"{record['min_test_share']:.0%} or more of the image, against at most "
+                f"{record['max_training_share']:.0%} in training"
+            )
         return (
             f"{DATASETS[d.name][2]}, {total} cases from `{d.source.name}` (a downsampled copy of the official release "
             f"in its layout), converted with `--max-size {d.max_size}` (images {width} x {height} px, width x "
-            f"height) and {d.hold_out:.0%} held out (`--hold-out-seed "
-            f"{d.seed}`, stratified by empty / non-empty mask): {record['num_training']} training cases "
+            f"height) and {d.hold_out:.0%} held out ({how}): {record['num_training']} training cases "
             f"({record['num_training_empty']} with an empty mask), {record['num_test']} test cases "
             f"({record['num_test_empty']} empty), evaluated against their reference annotations"
         )

@@ -58,6 +58,7 @@ BLUR_RANGE = (0.4, 3.0)  # Gaussian sigma of the lesion's intensity profile, uni
 IRREGULARITY_RANGE = (0.0, 0.3)  # sum of the radial Fourier amplitudes (relative radius), uniform
 HARMONICS = (2, 3, 4, 5, 6)
 MIN_GAP = 4.0  # minimal distance between the bounding circles of two lesions
+MAX_TEST_LESION_SCALE = 4.0  # make_benchmark's test_lesion_scale: beyond this hardly any lesion fits the image
 EDGE_MARGIN = 3.0  # minimal distance between a lesion's bounding circle and the image border
 BACKGROUND_LEVEL = 0.25
 NOISE_SIGMA_RANGE = (0.015, 0.04)  # additive Gaussian noise, uniform
@@ -180,9 +181,10 @@ def _random_rotation(rng: np.random.Generator, dims: int) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _draw_lesion_shape(rng: np.random.Generator, dims: int, scale: float) -> dict[str, Any]:
-    """Shape and appearance parameters of one lesion (its centre is placed afterwards)."""
-    radius = rng.uniform(*RADIUS_RANGE) * scale
+def _draw_lesion_shape(rng: np.random.Generator, dims: int, scale: float, lesion_scale: float = 1.0) -> dict[str, Any]:
+    """Shape and appearance parameters of one lesion (its centre is placed afterwards); `lesion_scale` multiplies the
+    semi-axes only, so the same draws give the same lesion, larger."""
+    radius = rng.uniform(*RADIUS_RANGE) * scale * lesion_scale
     aspects = np.concatenate([[1.0], rng.uniform(*ASPECT_RANGE, size=dims - 1)])
     rotation = _random_rotation(rng, dims)
     irregularity = rng.uniform(*IRREGULARITY_RANGE)
@@ -249,6 +251,8 @@ def _place_lesions(rng: np.random.Generator, shapes: list[dict], size: int, dims
     for shape in shapes:
         bound = float(shape["semi_axes"].max() * (1 + shape["irregularity"]))
         margin = bound + EDGE_MARGIN * scale
+        if 2 * margin >= size - 1:  # larger than the image (a large lesion_scale): it cannot be placed
+            continue
         for _ in range(50):
             center = rng.uniform(margin, size - 1 - margin, size=dims)
             if all(
@@ -292,13 +296,17 @@ def _distractors(rng: np.random.Generator, coords: np.ndarray, size: int, scale:
     return out, kinds
 
 
-def draw_case(rng: np.random.Generator, size: int, dims: int = 2) -> tuple[np.ndarray, list[Lesion], dict[str, Any]]:
-    """One image (uint8, ``(size,) * dims``) with its lesions (clean masks in ``Lesion.mask``) and image metadata."""
+def draw_case(
+    rng: np.random.Generator, size: int, dims: int = 2, lesion_scale: float = 1.0
+) -> tuple[np.ndarray, list[Lesion], dict[str, Any]]:
+    """One image (uint8, ``(size,) * dims``) with its lesions (clean masks in ``Lesion.mask``) and image metadata.
+    ``lesion_scale`` multiplies the lesions' semi-axes (the size-shift test set); a lesion that no longer fits is
+    dropped, as any lesion the placement cannot fit."""
     scale = size / REFERENCE_SIZE
     shape = (size,) * dims
     coords = np.indices(shape, dtype=float)
     num = int(rng.choice(len(LESION_COUNT_PROBS), p=LESION_COUNT_PROBS))
-    shapes = [_draw_lesion_shape(rng, dims, scale) for _ in range(num)]
+    shapes = [_draw_lesion_shape(rng, dims, scale, lesion_scale) for _ in range(num)]
     lesions = _place_lesions(rng, shapes, size, dims, scale)
 
     image = (
@@ -454,7 +462,7 @@ def noise_statistics(cases: dict[str, Any]) -> dict[str, Any]:
     return stats
 
 
-def _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise, dims) -> None:
+def _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise, dims, test_lesion_scale) -> None:
     def integer(value) -> bool:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -475,6 +483,15 @@ def _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise
         problems.append(f"noise must be a number >= 0, got {noise!r}")
     elif not np.isfinite(noise):
         problems.append(f"noise must be finite, got {noise!r}")
+    number = (int, float, np.integer, np.floating)
+    if (
+        not isinstance(test_lesion_scale, number)
+        or isinstance(test_lesion_scale, bool)
+        or not 0.25 <= test_lesion_scale <= MAX_TEST_LESION_SCALE
+    ):
+        problems.append(
+            f"test_lesion_scale must be a number in [0.25, {MAX_TEST_LESION_SCALE:g}], got {test_lesion_scale!r}"
+        )
     if dims not in (2, 3) or isinstance(dims, bool):
         problems.append(f"dims must be 2 or 3, got {dims!r}")
     if not isinstance(raw_root, (str, os.PathLike)):
@@ -492,10 +509,12 @@ def _write_dataset(folder: Path, params: dict[str, Any]) -> None:
     for sub in ("imagesTr", "labelsTr", "labelsTr_clean", "imagesTs", "labelsTs"):
         (folder / sub).mkdir()
     cases: dict[str, Any] = {}
+    test_scale = params.get("test_lesion_scale", 1.0)
     for split, prefix, count in ((TRAIN, "train", params["num_train"]), (TEST, "test", params["num_test"])):
         for index in range(count):
             case = f"{prefix}_{index:03d}"
-            image, lesions, info = draw_case(_case_rng(seed, split, index, IMAGE_STREAM), size, dims)
+            lesion_scale = test_scale if split == TEST else 1.0
+            image, lesions, info = draw_case(_case_rng(seed, split, index, IMAGE_STREAM), size, dims, lesion_scale)
             clean = clean_label(lesions, shape) > 0
             record = {"split": prefix, "num_lesions": len(lesions), **info}
             lesion_records = [lesion.metadata() for lesion in lesions]
@@ -559,6 +578,7 @@ def make_benchmark(
     noise: float = 1.0,
     dims: int = 2,
     overwrite: bool = False,
+    test_lesion_scale: float = 1.0,
 ) -> Path:
     """Write the noisy-label lesion benchmark as nnU-Net raw dataset ``raw_root/Dataset{id:03d}_{name}``.
 
@@ -567,10 +587,14 @@ def make_benchmark(
     generation parameters. 2D: PNG (uint8); 3D: size^3 NIfTI volumes. Deterministic in ``seed``; a training case
     does not depend on ``num_test``, ``num_train`` or (its image) on ``noise``.
 
+    ``test_lesion_scale`` S (the size-shift test): the test lesions' semi-axes are multiplied by S, drawn from the
+    same random streams, so test case i is case i of the unscaled set with larger lesions (a lesion that no longer
+    fits the image is dropped); the training cases do not change.
+
     The folder is built next to the destination and renamed into place. An existing destination is returned as is
     if it was made with the same parameters, replaced if ``overwrite``, else a FileExistsError is raised.
     """
-    _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise, dims)
+    _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise, dims, test_lesion_scale)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
     params = {
@@ -583,6 +607,8 @@ def make_benchmark(
         "noise": float(noise),
         "dims": int(dims),
     }
+    if test_lesion_scale != 1.0:  # only then: datasets made before the option keep their parameters
+        params["test_lesion_scale"] = float(test_lesion_scale)
     if raw_root.is_dir():
         clashes = sorted(p.name for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.name != folder.name)
         if clashes:

@@ -46,6 +46,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         noise=args.noise,
         dims=args.dims,
         overwrite=args.overwrite,
+        test_lesion_scale=args.test_lesion_scale,
     )
     print(folder)
     print(json.dumps(json.loads((folder / "cases.json").read_text())["summary"], indent=1))
@@ -125,8 +126,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_dale.converters import add_test_set, convert
 
     raw = Path(args.raw) if args.raw else None  # None: $nnUNet_raw
-    if args.hold_out_seed is not None and args.hold_out is None:
-        raise ValueError("--hold-out-seed only goes with --hold-out")
+    if (args.hold_out_seed is not None or args.hold_out_by != "random") and args.hold_out is None:
+        raise ValueError("--hold-out-seed and --hold-out-by only go with --hold-out")
     if args.add_test_set and args.hold_out is not None:
         raise ValueError("--hold-out splits a converted dataset's training cases; it cannot go with --add-test-set")
     if args.add_test_set:
@@ -138,7 +139,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         folder = convert(
             args.dataset, Path(args.source), args.id, raw_root=raw, max_size=args.max_size, dataset_name=args.name,
             overwrite=args.overwrite, hold_out=args.hold_out,
-            hold_out_seed=args.hold_out_seed or 0,
+            hold_out_seed=args.hold_out_seed or 0, hold_out_by=args.hold_out_by,
         )  # fmt: skip
     print(folder)
     return 0
@@ -242,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise", type=float, default=1.0, help="annotator noise strength (0 = clean labels)")
     p.add_argument("--dims", type=int, default=2, choices=(2, 3))
+    p.add_argument(
+        "--test-lesion-scale", type=float, default=1.0, metavar="S",
+        help="size-shift test: scale the test lesions' semi-axes by S (training cases unchanged; default 1)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--figure", help="also write a PNG of example cases (image, clean, noisy label, difference)")
     p.set_defaults(func=_cmd_make_benchmark)
@@ -294,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="move this fraction of the training cases to imagesTs/labelsTs (datasets without a test split)",
     )  # fmt: skip
     p.add_argument("--hold-out-seed", type=int, help="seed of the hold-out's random choice (default 0)")
+    p.add_argument(
+        "--hold-out-by", choices=("random", "largest"), default="random",
+        help="random: seeded, stratified by empty mask (default); largest: hold out the largest lesions (size shift)",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 20 min on 2 cores)")

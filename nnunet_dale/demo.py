@@ -118,19 +118,21 @@ class Demo:
         self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
         return self._evaluate(pred)
 
-    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int) -> Path:
+    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int, lesion_scale: float = 1.0) -> Path:
         """A finished run on `num_test` test cases of the benchmark instead of its own few: the same seed's test cases
         0..num_test-1 (a test case depends only on the seed and its index, so the first ones are the standard set),
-        generated into `more_test_cases/test<num_test>/`, predicted and evaluated against their clean labels. With
-        more cases a run's mean HD95 depends less on which few cases carry a blob or a missed lesion."""
-        if num_test <= self.s.num_test:
+        generated into `more_test_cases/test<num_test>[_scale<S>]/`, predicted and evaluated against their clean
+        labels. With more cases a run's mean HD95 depends less on which few cases carry a blob or a missed lesion.
+        `lesion_scale` S != 1 is the size-shift test: the same cases with the lesions' semi-axes scaled by S."""
+        if num_test <= self.s.num_test and lesion_scale == 1.0:
             raise DemoError(f"more test cases means more than the {self.s.num_test} of the benchmark; got {num_test}")
         if not (self._result_folder(trainer, fold) / "checkpoint_final.pth").is_file():
             raise DemoError(f"{trainer} (fold {fold}) has no finished training to predict more test cases with")
-        root = self.out / "more_test_cases" / f"test{num_test}"
+        name = f"test{num_test}" + (f"_scale{lesion_scale:g}" if lesion_scale != 1.0 else "")
+        root = self.out / "more_test_cases" / name
         cases = make_benchmark(root, self.s.dataset_id, num_train=2, num_test=num_test, size=self.s.size,
-                               seed=self.s.seed, noise=self.s.noise)  # fmt: skip
-        pred = self._predict(trainer, fold, cases / "imagesTs", f"{trainer}_fold{fold}_test{num_test}")
+                               seed=self.s.seed, noise=self.s.noise, test_lesion_scale=lesion_scale)  # fmt: skip
+        pred = self._predict(trainer, fold, cases / "imagesTs", f"{trainer}_fold{fold}_{name}")
         return self._evaluate(pred, cases / "labelsTs")
 
     def postprocess_evaluate(self, trainer: str, fold: int) -> Path:
@@ -267,7 +269,7 @@ class RawDatasetDemo(Demo):
         self._say(f"1/6 raw dataset {self.source}")
         return self.check_dataset()
 
-    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int) -> Path:
+    def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int, lesion_scale: float = 1.0) -> Path:
         """Only the generated benchmark can draw more test cases; a raw dataset's test split is what it is."""
         raise DemoError(f"{self.source.name} has a fixed test split: more test cases exist only for the benchmark")
 

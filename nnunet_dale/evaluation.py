@@ -80,6 +80,7 @@ def _evaluate_case(reader_class, pred_file: Path, ref_file: Path, labels: Sequen
         "prediction_file": str(pred_file),
         "reference_file": str(ref_file),
         "spacing": list(spacing),
+        "n_voxels": int(ref.size),
         "metrics": {str(k): v for k, v in metrics.items()},
         LABELS_SEEN: sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref))),
     }

@@ -5,9 +5,12 @@ of every channel and the label) from ``imagesTr/labelsTr`` to ``imagesTs/labelsT
 (``numTraining``, ``test_sets`` if the dataset records one, and a ``hold_out`` record) and ``splits_official.json``
 if there is one. The cases are stratified by empty vs non-empty label (BUSI's normal cases have empty masks), so both
 parts get their share of each; the choice depends only on the case identifiers, which labels are empty, the fraction
-and the seed. The new dataset is built in a temporary folder beside the old one (hard links, no copies) and renamed
-into place: on any error the dataset is left unchanged. ``nnunet-dale convert ... --hold-out F`` does the same on
-the freshly converted dataset before it is renamed into ``nnUNet_raw``.
+and the seed. With ``by="largest"`` (the size-shift test) the held-out cases are instead the ones whose labels cover
+the largest share of their image (ties by case identifier; the seed plays no part): the model trains on the smaller
+lesions and is tested on the largest. The new dataset is built in a temporary folder beside the old one (hard
+links, no copies) and renamed into place: on any error the dataset is left unchanged. ``nnunet-dale convert ...
+--hold-out F [--hold-out-by largest]`` does the same on the freshly converted dataset before it is renamed into
+``nnUNet_raw``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from nnunet_dale.raw_datasets import (
 )
 
 __all__ = [
+    "HOLD_OUT_BY",
     "HOLD_OUT_KEY",
     "TEST_SPLIT",
     "check_hold_out",
+    "choose_largest_cases",
     "choose_test_cases",
     "existing_test_split",
     "format_record",
@@ -47,10 +52,14 @@ __all__ = [
 
 HOLD_OUT_KEY = "hold_out"  # the record in dataset.json
 TEST_SPLIT = ("imagesTs", "labelsTs")
+HOLD_OUT_BY = ("random", "largest")  # seeded and stratified by empty / non-empty label; or the largest lesions
 
 
-def check_hold_out(fraction: float, seed: int) -> tuple[float, int]:
-    """The validated (fraction, seed): a fraction strictly between 0 and 1 and a non-negative integer seed."""
+def check_hold_out(fraction: float, seed: int, by: str = "random") -> tuple[float, int]:
+    """The validated (fraction, seed): a fraction strictly between 0 and 1 and a non-negative integer seed; `by` one
+    of HOLD_OUT_BY."""
+    if by not in HOLD_OUT_BY:
+        raise ConversionError(f"hold-out 'by' must be one of {', '.join(HOLD_OUT_BY)}; got {by!r}")
     number = (int, float, np.integer, np.floating)
     if isinstance(fraction, bool) or not isinstance(fraction, number) or not 0 < fraction < 1:
         raise ConversionError(f"hold-out fraction must be a number between 0 and 1 (exclusive), got {fraction!r}")
@@ -87,6 +96,14 @@ def choose_test_cases(cases: Sequence[str], empty: Collection[str], fraction: fl
     for stratum, k in zip(strata, counts):
         chosen += [stratum[j] for j in rng.permutation(len(stratum))[:k]]
     return sorted(chosen)
+
+
+def choose_largest_cases(shares: dict[str, float], fraction: float) -> list[str]:
+    """The sorted identifiers of the ``held_out_count`` cases whose labels cover the largest share of their image
+    (ties broken by identifier): the size-shift split, training on the smaller lesions."""
+    n_test = held_out_count(len(shares), fraction)
+    ranked = sorted(shares, key=lambda case: (-shares[case], case))
+    return sorted(ranked[:n_test])
 
 
 def existing_test_split(folder: Path | str) -> ConversionError:
@@ -163,22 +180,22 @@ def _read_dataset(folder: Path) -> tuple[dict, dict[str, list[Path]]]:
     return dataset_json, cases
 
 
-def _empty_labels(dataset_json: dict, cases: dict[str, list[Path]]) -> set[str]:
+def _label_shares(dataset_json: dict, cases: dict[str, list[Path]]) -> dict[str, float]:
+    """Each case's share of labelled (non-zero) voxels in its label file."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     if not cases:
-        return set()
+        return {}
     first = next(iter(cases.values()))
     reader = determine_reader_writer_from_dataset_json(dataset_json, str(first[0]), verbose=False)()
-    empty = set()
+    shares = {}
     for case, files in cases.items():
         try:
             seg, _ = reader.read_seg(str(files[-1]))
         except Exception as error:  # nnU-Net's readers raise anything from OSError to RuntimeError
             raise ConversionError(f"could not read label {files[-1]}: {error}") from error
-        if not np.any(seg):
-            empty.add(case)
-    return empty
+        shares[case] = float(np.count_nonzero(seg)) / max(np.asarray(seg).size, 1)
+    return shares
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -186,15 +203,19 @@ def _empty_labels(dataset_json: dict, cases: dict[str, list[Path]]) -> set[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def hold_out_in_place(folder: Path, fraction: float, seed: int = 0) -> dict:
+def hold_out_in_place(folder: Path, fraction: float, seed: int = 0, by: str = "random") -> dict:
     """Moves the held-out cases of the raw dataset ``folder`` into imagesTs/labelsTs and updates its json files, in
     place: only for a folder nobody else uses yet (``hold_out_test_set`` wraps it atomically). Returns the record
     written to dataset.json under ``hold_out``."""
-    fraction, seed = check_hold_out(fraction, seed)
+    fraction, seed = check_hold_out(fraction, seed, by)
     folder = Path(folder)
     dataset_json, cases = _read_dataset(folder)
-    empty = _empty_labels(dataset_json, cases)
-    test = choose_test_cases(list(cases), empty, fraction, seed)
+    shares = _label_shares(dataset_json, cases)
+    empty = {case for case, share in shares.items() if share == 0}
+    if by == "largest":
+        test = choose_largest_cases(shares, fraction)
+    else:
+        test = choose_test_cases(list(cases), empty, fraction, seed)
     splits = _updated_official_splits(folder / SPLITS_FILE, set(test))
     destination = {"imagesTr": folder / "imagesTs", "labelsTr": folder / "labelsTs"}
     for d in destination.values():
@@ -205,12 +226,17 @@ def hold_out_in_place(folder: Path, fraction: float, seed: int = 0) -> dict:
     record = {
         "fraction": fraction,
         "seed": seed,
-        "stratified_by": "empty / non-empty label",
+        "stratified_by": "empty / non-empty label" if by == "random" else "largest label share (size shift)",
+        "by": by,
         "num_training": len(cases) - len(test),
         "num_test": len(test),
         "num_training_empty": len(empty) - len(empty & set(test)),
         "num_test_empty": len(empty & set(test)),
     }
+    if by == "largest":
+        train_shares = [shares[c] for c in cases if c not in set(test)]
+        record["max_training_share"] = round(max(train_shares), 6)
+        record["min_test_share"] = round(min(shares[c] for c in test), 6)
     dataset_json["numTraining"] = record["num_training"]
     if "test_sets" in dataset_json:
         dataset_json["test_sets"] = {**(dataset_json["test_sets"] or {}), "imagesTs": len(test)}
@@ -264,6 +290,7 @@ def hold_out_test_set(
     seed: int = 0,
     raw_root: Path | str | None = None,
     verbose: bool = True,
+    by: str = "random",
 ) -> Path:
     """Holds out a seeded, stratified ``fraction`` of the training cases of an existing raw dataset as its test split.
 
@@ -271,9 +298,10 @@ def hold_out_test_set(
     (a ``ValueError``) on a fraction outside (0, 1), a hold-out that would leave fewer than 2 training cases or no
     test case, a dataset that already has imagesTs/labelsTs or is already preprocessed (its preprocessed training
     data would still hold the test cases), or a missing or inconsistent dataset; the dataset is then unchanged.
+    ``by="largest"``: hold out the cases with the largest label share instead (the size-shift test).
     Returns the dataset folder.
     """
-    fraction, seed = check_hold_out(fraction, seed)
+    fraction, seed = check_hold_out(fraction, seed, by)
     folder = _find_dataset(dataset, raw_root).resolve()
     preprocessed = os.environ.get("nnUNet_preprocessed")
     if preprocessed and (Path(preprocessed) / folder.name).exists():
@@ -287,7 +315,7 @@ def hold_out_test_set(
     try:
         new = work / folder.name
         shutil.copytree(folder, new, copy_function=_link_or_copy)
-        record = hold_out_in_place(new, fraction, seed)
+        record = hold_out_in_place(new, fraction, seed, by)
         swap_into_place(new, folder, [folder], work)
     except BaseException as error:
         discard_work(work)  # keeps the original dataset if a failed swap could not put it back
@@ -302,8 +330,12 @@ def hold_out_test_set(
 
 def format_record(folder: Path, record: dict) -> str:
     """One line: how many cases went where."""
+    how = f"seed {record['seed']}"
+    if record.get("by") == "largest":
+        how = f"the largest labels: test shares >= {record['min_test_share']:.3f}, training <= "
+        how += f"{record['max_training_share']:.3f}"
     return (
         f"held out {record['num_test']} of {record['num_training'] + record['num_test']} cases of {folder} as "
-        f"imagesTs/labelsTs (fraction {record['fraction']:g}, seed {record['seed']}; empty labels: "
+        f"imagesTs/labelsTs (fraction {record['fraction']:g}, {how}; empty labels: "
         f"{record['num_test_empty']} test, {record['num_training_empty']} training)"
     )

@@ -49,3 +49,20 @@ def test_more_test_cases_get_their_own_section_and_only_on_the_benchmark():
             ablation.parse_args(["--dataset", "benchmark", "--trainers", "a", "b", *bad])
     with pytest.raises(SystemExit):  # a real dataset's hold-out is fixed
         ablation.parse_args(["--dataset", "isic2017", "--trainers", "a", "b", "--test-cases", "200"])
+
+
+def test_size_shift_options_get_their_own_sections():
+    args = ablation.parse_args(
+        ["--dataset", "benchmark", "--seed", "4", "--trainers", "a", "b", "--test-cases", "200",
+         "--test-lesion-scale", "2"]
+    )  # fmt: skip
+    assert args.key == "ablation-benchmark-seed4-test200-scale2"
+    args = ablation.parse_args(["--dataset", "isic2017", "--hold-out-by", "largest", "--trainers", "a", "b"])
+    assert args.key == "ablation-isic2017-64px-seed0-largest"
+    for bad in (
+        ["--dataset", "isic2017", "--test-lesion-scale", "2"],
+        ["--dataset", "benchmark", "--hold-out-by", "largest"],
+        ["--dataset", "benchmark", "--test-lesion-scale", "2", "--postprocessed"],
+    ):
+        with pytest.raises(SystemExit):
+            ablation.parse_args([*bad, "--trainers", "a", "b"])

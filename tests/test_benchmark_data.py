@@ -377,3 +377,38 @@ def test_plot_noise_examples(tmp_path):
     assert out.is_file() and out.stat().st_size < 300_000
     with pytest.raises(ValueError):
         plot_noise_examples(folder, out, case_ids=[])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# size-shift test set (test_lesion_scale)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_test_lesion_scale_scales_the_test_lesions_only(tmp_path):
+    plain = make_benchmark(tmp_path / "a", num_train=4, num_test=12, size=64)
+    shifted = make_benchmark(tmp_path / "b", num_train=4, num_test=12, size=64, test_lesion_scale=1.8)
+    fa, fb = file_bytes(plain), file_bytes(shifted)
+    train = [k for k in fa if k.split("/")[0] in ("imagesTr", "labelsTr", "labelsTr_clean")]
+    assert train and all(fa[k] == fb[k] for k in train)  # the training cases are byte-identical
+    assert file_bytes(make_benchmark(tmp_path / "c", num_train=4, num_test=12, size=64, test_lesion_scale=1.8)) == fb
+    a, b = read_cases(plain)["cases"], read_cases(shifted)["cases"]
+    ratios, area_a, area_b = [], 0, 0
+    for case in (k for k in a if k.startswith("test")):
+        area_a += load_png(plain / "labelsTs" / f"{case}.png").astype(bool).sum()
+        area_b += load_png(shifted / "labelsTs" / f"{case}.png").astype(bool).sum()
+        # the same random draws: the first lesion that still fits has the same shape, semi-axes 1.8 times longer
+        for lesion_b in b[case]["lesions"]:
+            same = [la for la in a[case]["lesions"] if np.isclose(la["contrast"], lesion_b["contrast"])]
+            if same:
+                ratios.append(np.array(lesion_b["semi_axes"]) / np.array(same[0]["semi_axes"]))
+    assert ratios and np.allclose(np.concatenate(ratios), 1.8, rtol=1e-3)
+    assert area_b > 2 * area_a  # 1.8^2 = 3.2 times the area per lesion, fewer lesions fit
+    assert read_cases(shifted)["parameters"]["test_lesion_scale"] == 1.8
+    assert "test_lesion_scale" not in read_cases(plain)["parameters"]  # older datasets keep their parameters
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1, 4.5, float("nan"), True, "2"])
+def test_bad_test_lesion_scale_is_refused_before_writing(tmp_path, scale):
+    with pytest.raises(ValueError, match="test_lesion_scale"):
+        make_benchmark(tmp_path / "raw", **SMALL, test_lesion_scale=scale)
+    assert not (tmp_path / "raw").exists()

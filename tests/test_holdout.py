@@ -292,3 +292,38 @@ def test_cli_convert_hold_out(tmp_path, capsys):
     folder = raw / "Dataset514_ISIC2017"
     record = json.loads((folder / "dataset.json").read_text())["hold_out"]
     assert record["seed"] == 4 and len(ids(folder / "labelsTs", False)) == 29
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the size-shift split (by="largest")
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def label_share(path: Path) -> float:
+    mask = np.asarray(Image.open(path))
+    return float((mask > 0).mean())
+
+
+def test_isic2017_largest_hold_out_tests_on_the_largest_lesions(isic_raw, tmp_path):
+    folder = copy_dataset(isic_raw, tmp_path)
+    hold_out_test_set(folder, 0.3, seed=0, verbose=False, by="largest")
+    train, test = check_split(isic_raw, folder, n_test=29)
+    shares = {p.name[: -len(".png")]: label_share(p) for p in (isic_raw / "labelsTr").glob("*.png")}
+    ranked = sorted(shares, key=lambda c: (-shares[c], c))  # written out: the 29 largest shares
+    assert test == set(ranked[:29])
+    assert min(shares[c] for c in test) >= max(shares[c] for c in train)
+    record = json.loads((folder / "dataset.json").read_text())["hold_out"]
+    assert record["by"] == "largest" and record["stratified_by"].startswith("largest")
+    assert record["min_test_share"] == pytest.approx(min(shares[c] for c in test), abs=1e-6)
+    assert record["max_training_share"] == pytest.approx(max(shares[c] for c in train), abs=1e-6)
+    other = copy_dataset(isic_raw, tmp_path / "seed1")
+    hold_out_test_set(other, 0.3, seed=1, verbose=False, by="largest")
+    assert ids(other / "labelsTs", False) == test  # the size decides, not the seed
+
+
+def test_unknown_hold_out_by_is_refused(isic_raw, tmp_path):
+    folder = copy_dataset(isic_raw, tmp_path)
+    before = snapshot(folder)
+    with pytest.raises(ConversionError, match="largest"):
+        hold_out_test_set(folder, 0.3, seed=0, verbose=False, by="biggest")
+    assert snapshot(folder) == before

@@ -84,6 +84,7 @@ def convert(
     verbose: bool = True,
     hold_out: float | None = None,
     hold_out_seed: int = 0,
+    hold_out_by: str = "random",
 ) -> Path:
     """Converts dataset ``name`` (a key of ``CONVERTERS``) read from ``source`` to ``raw_root/DatasetNNN_<Name>/``.
 
@@ -94,13 +95,14 @@ def convert(
     ``overwrite``: replace the folder(s) of ``raw_root`` that already use ``dataset_id``.
     ``hold_out``: move this fraction of the training cases to imagesTs/labelsTs (seeded by ``hold_out_seed``,
     stratified by empty / non-empty label; see ``nnunet_dale.holdout``); only for datasets without a test split.
+    ``hold_out_by``: "random" (that), or "largest": hold out the cases with the largest lesions (size-shift test).
     Returns the written folder. Raises ``ConversionError`` on any problem, leaving ``raw_root`` unchanged.
     """
     converter = get_converter(name)
     dataset_id = check_id(dataset_id)
     max_size = _check_max_size(max_size)
     if hold_out is not None:
-        hold_out, hold_out_seed = holdout.check_hold_out(hold_out, hold_out_seed)
+        hold_out, hold_out_seed = holdout.check_hold_out(hold_out, hold_out_seed, hold_out_by)
     folder_name = f"Dataset{dataset_id:03d}_{_check_name(dataset_name or converter.dataset_name, 'dataset name')}"
     raw_root = resolve_raw_root(raw_root)
     target = raw_root / folder_name
@@ -138,7 +140,7 @@ def convert(
         if collected.official_split is not None:
             (out / SPLITS_FILE).write_text(json.dumps([collected.official_split], indent=1))
         if hold_out is not None:
-            record = holdout.hold_out_in_place(out, hold_out, hold_out_seed)
+            record = holdout.hold_out_in_place(out, hold_out, hold_out_seed, hold_out_by)
             counts.update(Tr=record["num_training"], Ts=record["num_test"])
             collected.notes.append(holdout.format_record(target, record))
         swap_into_place(out, target, existing, work)
