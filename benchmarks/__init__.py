@@ -2,6 +2,6 @@
 
 ``step_cost`` (cost of a train step), ``noisy_benchmark`` (the built-in benchmark, longer run), ``real_data`` (real
 lesion data with a held-out test split), ``ablation`` (the validity study's tables), ``time_to_accuracy`` (from
-finished trainings); ``report`` writes their sections of docs/results.md. They import only ``nnunet_dale`` and each
+finished trainings); ``report`` writes their sections of docs/study-log.md. They import only ``nnunet_dale`` and each
 other (as ``benchmarks.<name>``), never the tests.
 """

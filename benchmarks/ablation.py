@@ -1,4 +1,4 @@
-"""The validity study: a list of trainers x runs on one dataset, one Table-4-style table in docs/results.md.
+"""The validity study: a list of trainers x runs on one dataset, one Table-4-style table in docs/study-log.md.
 
     python -m benchmarks.ablation --dataset isic2017 --folds 0 --trainers nnUNetTrainer_bench \\
         nnUNetTrainerDALE_paper_bench nnUNetTrainerDALE_bench            # screening: one run per variant
@@ -17,7 +17,7 @@ evaluated against the clean labels, as benchmarks.noisy_benchmark). The first tr
 (trainer, fold) is trained, predicted and evaluated once and reused when the script is run again with the same work
 folder, so a study can be stopped and resumed, and trainers or folds added later. Writes the section
 `<!-- ablation-<dataset>-<px>px-seed<S>[-<tag>][-postprocessed] -->` (`ablation-benchmark-seed<S>[-<tag>][-test<N>]` for
-the built-in benchmark) of docs/results.md (or --results): per trainer the mean ± sd over
+the built-in benchmark) of docs/study-log.md (or --results): per trainer the mean ± sd over
 runs of Dice, IoU, HD95, ASD and fuzzy-region Dice, the change against the baseline on the same folds, p over cases
 (per-case means over runs) and over runs (paired by fold), and the training wall time per run; below it the Dice per
 lesion-size bin and the cases below Dice 0.3 (`nnunet_dale.compare.size_bins`). The numbers behind the section go
@@ -136,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="data seed of the built-in benchmark")
     parser.add_argument("-o", "--output", help="work folder, reused when re-run (default dale_ablation_<key>)")
-    parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    parser.add_argument("--results", default=str(REPO / "docs" / "study-log.md"), help="markdown file to update")
     parser.add_argument("--data", help="folder of the JSON data files (default: data/ablation beside --results)")
     parser.add_argument("--title", default="", help="what this table is for (screening, confirmation, ...)")
     parser.add_argument("--tag", default="", help="suffix of the section key: a new table beside earlier ones")

@@ -1,6 +1,6 @@
 """The longer run of the built-in noisy-label benchmark: default nnU-Net vs DALE over several runs (folds).
 
-    python -m benchmarks.noisy_benchmark --train 50            # docs/results.md: 50 training / 20 test, 3 runs, ~1.3 h
+    python -m benchmarks.noisy_benchmark --train 50            # the study log's: 50 training / 20 test, 3 runs, ~1.3 h
     python -m benchmarks.noisy_benchmark                       # 60 training cases (nnU-Net then plans batch 3): ~2 h
     python -m benchmarks.noisy_benchmark --folds 0 --train 40  # shorter
 
@@ -10,7 +10,7 @@ Same pipeline as `nnunet-dale demo` (real nnU-Net planning, training, prediction
 labels), with the schedule of nnUNetTrainer_bench / nnUNetTrainerDALE_bench (40 epochs x 25 iterations) and one run
 per fold (each fold: its own random initialisation and train/validation split; the test set is the same). Writes the
 comparison table, the command, the time and one time-to-accuracy row per fold (benchmarks.time_to_accuracy) to
-docs/results.md, and the figure to docs/figures/results-benchmark.png.
+docs/study-log.md (or --results), and the figure to docs/figures/results-benchmark.png.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=60)
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="benchmark data seed")
-    parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    parser.add_argument("--results", default=str(REPO / "docs" / "study-log.md"), help="markdown file to update")
     args = parser.parse_args()
     from benchmarks.report import provenance, write_section
     from benchmarks.time_to_accuracy import TABLE_HEADER, format_row, time_to_accuracy

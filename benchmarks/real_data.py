@@ -2,7 +2,7 @@
 
     python -m benchmarks.real_data                        # ISIC 2017 subset, 64 px, 30 % held out, folds 0 1 2
     python -m benchmarks.real_data --dataset busi --folds 0
-    python -m benchmarks.real_data --quick -o /tmp/rd --results /tmp/results.md   # smoke run (2-epoch schedules)
+    python -m benchmarks.real_data --quick -o rd --results rd/results.md   # smoke run (2-epoch schedules)
 
 Converts the dataset with `nnunet-dale convert NAME SOURCE --max-size PX --hold-out F --hold-out-seed S`: the
 default sources are the subsets in `shared/data` next to the repository (`ISIC2017_val_subset`: 98 RGB dermoscopy
@@ -12,7 +12,7 @@ non-empty mask, to imagesTs/labelsTs. Then the demo's pipeline (`nnunet_dale.dem
 and preprocessing; nnUNetTrainer_bench and nnUNetTrainerDALE_bench (the same schedule) for each fold, i.e. nnU-Net's
 own initialisation and train/validation split of the training part, with the same test part; nnUNetv2_predict of the
 test cases; evaluation against their reference labels (the datasets' own annotations, not clean labels as in the
-built-in benchmark); comparison. Writes the section `<!-- real-data-<dataset> -->` of docs/results.md (or --results)
+built-in benchmark); comparison. Writes the section `<!-- real-data-<dataset> -->` of docs/study-log.md (or --results)
 and the figure `figures/results-<dataset>.png` next to that file. The work folder is reused when the script is run
 again with the same data settings (finished conversion, planning, trainings and predictions are kept).
 
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, nargs="+", choices=range(5), help="default 0 1 2 (0 with --quick)")
     parser.add_argument("-o", "--output", help="work folder, reused when re-run (default dale_real_<dataset>)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2-epoch schedules, small images, fold 0")
-    parser.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="markdown file to update")
+    parser.add_argument("--results", default=str(REPO / "docs" / "study-log.md"), help="markdown file to update")
     args = parser.parse_args(argv)
     if args.max_size is not None and args.max_size < 8:
         parser.error(f"--max-size must be at least 8 pixels, got {args.max_size}")

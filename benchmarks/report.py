@@ -1,14 +1,23 @@
-"""Shared by the benchmark scripts: the provenance line of a measurement and its section in docs/results.md."""
+"""Shared by the benchmark scripts: the provenance line of a measurement and its section of a markdown file
+(docs/study-log.md for the study's tables, docs/results.md and README.md for the generated summary tables)."""
 
 from __future__ import annotations
 
 import platform
+import re
 from datetime import date
 from pathlib import Path
 
 import torch
 
 from nnunet_dale.files import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+# top-level folders whose paths only exist on the machine a study ran on: never named in a doc (tests/test_docs.py)
+MACHINE_ROOTS = ("work", "tmp", "home", "root", "Users", "mnt", "scratch", "private", "var")
+MACHINE_PATH = re.compile(r"(?<![\w./~-])/(?:" + "|".join(MACHINE_ROOTS) + r")/[^\s`'\")\]]*")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w./~-])/[\w.+-]+(?:/[\w.+-]*)*")
+LINE_WIDTH = 120
 
 
 def provenance(command: str, hours: float) -> str:
@@ -24,11 +33,81 @@ def demote_headings(markdown: str, levels: int = 2) -> str:
     return "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
+def portable_path(path: str, repo: Path = REPO) -> str:
+    """An absolute path as a doc may name it: relative to the repository (`docs/x.md`), to the folder holding it
+    (`../study/isic64`), or without its machine root (`/tmp/runs/a` -> `runs/a`); other absolute paths (`/data/...`
+    in an example, `/proc/...`) stay as they are."""
+    p = Path(path)
+    for base, prefix in ((repo, ""), (repo.parent, "../")):
+        if p == base:
+            return "." if not prefix else ".."
+        if p.is_relative_to(base):
+            return prefix + p.relative_to(base).as_posix()
+    if len(p.parts) > 2 and p.parts[1] in MACHINE_ROOTS:
+        return Path(*p.parts[2:]).as_posix()
+    return path
+
+
+def portable(text: str, repo: Path = REPO) -> str:
+    """`text` with every absolute path rewritten by `portable_path` (commands keep working from the repository)."""
+    return _ABSOLUTE_PATH.sub(lambda m: portable_path(m.group(0), repo), text)
+
+
+def _unsafe_line_start(word: str) -> bool:
+    """Would a line starting with `word` turn into a heading, list item, quote, table row or setext underline?"""
+    return word[0] in "#>|=" or word in ("-", "*", "+") or re.fullmatch(r"\d+[.)]", word) is not None
+
+
+def wrap_markdown(text: str, width: int = LINE_WIDTH) -> str:
+    """Paragraph and list lines longer than `width` wrapped at spaces (list items with a hanging indent); tables,
+    headings, markers, images and code are left as they are. A word never starts a continuation line where markdown
+    would read it as a heading, list item, quote or table row."""
+    out: list[str] = []
+    fenced = False
+    for line in text.split("\n"):
+        stripped = line.lstrip()
+        if stripped.startswith("```"):
+            fenced = not fenced
+        if fenced or stripped.startswith("```") or len(line) <= width or line.startswith("    "):
+            out.append(line)
+            continue
+        if stripped.startswith(("|", "#", "<!--", "![")):
+            out.append(line)
+            continue
+        lead = re.match(r"\s*(?:[-*+] |\d+[.)] )?", line).group(0)
+        words = line[len(lead) :].split()
+        current = lead + words[0]
+        for word in words[1:]:
+            if len(current) + 1 + len(word) <= width or _unsafe_line_start(word):
+                current += " " + word
+            else:
+                out.append(current)
+                current = " " * len(lead) + word
+        out.append(current)
+    return "\n".join(out)
+
+
+def section_text(text: str, repo: Path = REPO) -> str:
+    """What `write_section` puts between the markers for `text`: machine paths made portable, long lines wrapped."""
+    return wrap_markdown(portable(text.strip("\n"), repo))
+
+
+def read_section(path: Path, key: str) -> str | None:
+    """The text between <!-- key --> and <!-- /key --> of a markdown file; None if the file or section is missing."""
+    begin, end = f"<!-- {key} -->\n", f"\n<!-- /{key} -->"
+    old = path.read_text() if path.is_file() else ""
+    if begin not in old or end not in old:
+        return None
+    return old[old.index(begin) + len(begin) : old.index(end)]
+
+
 def write_section(path: Path, key: str, text: str) -> None:
-    """Replace (or append) the part of a markdown file between <!-- key --> and <!-- /key -->."""
+    """Replace (or append) the part of a markdown file between <!-- key --> and <!-- /key --> with
+    `section_text(text)`. The file is read right before it is written: other sections, written meanwhile by another
+    script, are kept."""
     begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
     old = path.read_text() if path.is_file() else "# Results\n"
-    block = f"{begin}\n{text}\n{end}"
+    block = f"{begin}\n{section_text(text)}\n{end}"
     if begin in old and end in old:
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end) :]
     else:
