@@ -58,32 +58,46 @@ def _unsafe_line_start(word: str) -> bool:
     return word[0] in "#>|=" or word in ("-", "*", "+") or re.fullmatch(r"\d+[.)]", word) is not None
 
 
+def _fill(lines: list[str], width: int) -> list[str]:
+    """One paragraph or list item refilled to `width` (a list item keeps a hanging indent)."""
+    lead = re.match(r"\s*(?:[-*+] |\d+[.)] )?", lines[0]).group(0)
+    words = " ".join(lines)[len(lead) :].split()
+    out, current = [], lead + words[0]
+    for word in words[1:]:
+        if len(current) + 1 + len(word) <= width or _unsafe_line_start(word):
+            current += " " + word
+        else:
+            out.append(current)
+            current = " " * len(lead) + word
+    return [*out, current]
+
+
 def wrap_markdown(text: str, width: int = LINE_WIDTH) -> str:
-    """Paragraph and list lines longer than `width` wrapped at spaces (list items with a hanging indent); tables,
-    headings, markers, images and code are left as they are. A word never starts a continuation line where markdown
-    would read it as a heading, list item, quote or table row."""
+    """Paragraphs and list items with a line longer than `width` refilled at spaces (list items with a hanging
+    indent); tables, headings, markers, images and code are left as they are, and so is every paragraph that already
+    fits. A word never starts a line where markdown would read it as a heading, list item, quote or table row."""
     out: list[str] = []
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        out.extend(_fill(paragraph, width) if max(map(len, paragraph)) > width else paragraph)
+        paragraph.clear()
+
     fenced = False
     for line in text.split("\n"):
         stripped = line.lstrip()
         if stripped.startswith("```"):
             fenced = not fenced
-        if fenced or stripped.startswith("```") or len(line) <= width or line.startswith("    "):
-            out.append(line)
-            continue
-        if stripped.startswith(("|", "#", "<!--", "![")):
-            out.append(line)
-            continue
-        lead = re.match(r"\s*(?:[-*+] |\d+[.)] )?", line).group(0)
-        words = line[len(lead) :].split()
-        current = lead + words[0]
-        for word in words[1:]:
-            if len(current) + 1 + len(word) <= width or _unsafe_line_start(word):
-                current += " " + word
-            else:
-                out.append(current)
-                current = " " * len(lead) + word
-        out.append(current)
+        kept = fenced or stripped.startswith(("```", "|", "#", "<!--", "![")) or not stripped
+        if kept or (line.startswith("    ") and not paragraph) or re.match(r"(?:[-*+] |\d+[.)] )", stripped):
+            if paragraph:
+                flush()
+            if kept or line.startswith("    "):
+                out.append(line)
+                continue
+        paragraph.append(line)
+    if paragraph:
+        flush()
     return "\n".join(out)
 
 
