@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 20 min on 2 cores)")
+    p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 5 min on 2 cores)")
     p.add_argument("-o", "--output", default="dale_demo", help="output folder (default ./dale_demo); reused if present")
     p.add_argument("--seed", type=int, default=0, help="benchmark data seed")
     p.add_argument("--quick", action="store_true", help="tiny data and 2-epoch schedules (a few minutes)")

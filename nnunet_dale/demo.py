@@ -1,36 +1,61 @@
 """`nnunet-dale demo`: the built-in benchmark end to end with real nnU-Net, default trainer vs DALE.
 
 generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (both trainers, same short
-schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table and PNG.
-Everything lives in one output folder; finished steps are reused when the demo is run again. `RawDatasetDemo` runs
-the same steps on an existing raw dataset with a test split (`python -m benchmarks.real_data`).
+schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table, PNG and a
+one-line verdict. Everything lives in one output folder; finished steps are reused when the demo is run again. The
+terminal shows one line per stage (a progress bar while it runs); nnU-Net's own output goes to `logs/<step>.log`, and
+a failed step prints the end of its log. `RawDatasetDemo` runs the same steps on an existing raw dataset with a test
+split (`python -m benchmarks.real_data`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 
+from tqdm import tqdm
+
 from nnunet_dale.benchmark_data import make_benchmark
 from nnunet_dale.nnunet_env import FOLDER_VARIABLES, nnunet_environment
 
-__all__ = ["BIN", "Demo", "DemoError", "DemoSettings", "RawDatasetDemo", "nnunet_command", "run_demo"]
+__all__ = [
+    "BIN",
+    "RUN_NOISE_POINTS",
+    "Demo",
+    "DemoError",
+    "DemoSettings",
+    "LineProgress",
+    "RawDatasetDemo",
+    "Stage",
+    "nnunet_command",
+    "run_demo",
+    "verdict",
+]
 
 BIN = Path(sys.executable).parent
+PREFIX = "[nnunet-dale demo]"
+LOG_TAIL = 20  # lines of a failed step's log shown on the terminal
+# The validity study's run-to-run noise: the same trainer retrained on the same fold moved by up to 1.5 Dice points
+# (docs/results.md). A one-run Dice difference within it does not rank the trainers.
+RUN_NOISE_POINTS = 1.5
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo generates and trains; the defaults fit in about 20 minutes on 2 CPU cores."""
+    """What the demo generates and trains; the defaults take about 5 minutes on 2 CPU cores."""
 
     dataset_id: int = 990
     num_train: int = 40
@@ -45,6 +70,97 @@ class DemoSettings:
 
 class DemoError(RuntimeError):
     """A step of the demo failed; the message names the step and its log file."""
+
+
+@dataclass(frozen=True)
+class LineProgress:
+    """How a step's progress shows in its log lines: `total` (or a pattern whose first group gives it), a pattern
+    for each finished unit, and one whose first group is the unit a resumed step starts at."""
+
+    unit: str = ""
+    total: int | None = None
+    total_pattern: str | None = None
+    done_pattern: str | None = None
+    start_pattern: str | None = None
+
+    def read(self, line: str, bar) -> None:
+        """Move `bar` (a tqdm bar) by what `line` says."""
+        if self.total_pattern and (m := re.search(self.total_pattern, line)):
+            bar.total = int(m[1])
+        if self.start_pattern and (m := re.search(self.start_pattern, line)) and bar.n == 0:
+            bar.n = int(m[1])
+        if self.done_pattern and re.search(self.done_pattern, line):
+            bar.update(1)
+        else:
+            bar.update(0)  # refreshes the elapsed time
+
+
+TRAINING = LineProgress("epoch", done_pattern=r": Epoch time: ", start_pattern=r": Epoch (\d+)\s*$")
+PREDICTION = LineProgress(
+    "case", total_pattern=r"There are (\d+) cases that I would like to predict", done_pattern=r"^\s*Predicting \S+:"
+)
+ELAPSED = LineProgress()
+
+
+class Stage:
+    """One stage of the demo on one line. On a terminal: a progress bar (tqdm) that counts `progress.unit`s, or
+    shows the elapsed time, and stays as the stage's line when it ends. Elsewhere (a log file, a pipe): the line is
+    printed when the stage starts, nothing more."""
+
+    def __init__(self, text: str, progress: LineProgress = ELAPSED, live: bool | None = None):
+        self.progress = progress
+        self.live = sys.stdout.isatty() if live is None else live
+        self.bar = None
+        if self.live:
+            counted = bool(progress.unit)
+            self.bar = tqdm(
+                total=progress.total, desc=f"{PREFIX} {text}", unit=f" {progress.unit}" if counted else "it",
+                file=sys.stdout, leave=True, dynamic_ncols=True,
+                bar_format=None if counted else "{desc}  [{elapsed}]",
+            )  # fmt: skip
+        else:
+            print(f"{PREFIX} {text}", flush=True)
+
+    def read(self, line: str) -> None:
+        if self.bar is not None:
+            self.progress.read(line, self.bar)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def verdict(comparison: dict, baseline: str = "nnU-Net", method: str = "DALE") -> str:
+    """One line from a comparison's numbers: the Dice difference in points against the run noise (RUN_NOISE_POINTS),
+    and the HD95 change with its paired p over the test cases (significant below 0.05)."""
+    label = comparison["labels"][0]
+    stats, tests = comparison["stats"][label], comparison["comparisons"][label][method]
+    dice = 100 * (stats[method]["Dice"]["mean"] - stats[baseline]["Dice"]["mean"])
+    n = len(comparison["cases"])
+    if abs(dice) <= RUN_NOISE_POINTS:
+        reading = f"within run noise (±{RUN_NOISE_POINTS} Dice points)"
+    else:
+        ahead = "ahead" if dice > 0 else "behind"
+        reading = f"{method} {ahead} by more than run noise ({RUN_NOISE_POINTS} Dice points) in this one run"
+    parts = [f"Dice {dice:+.1f} points"]
+    hd95 = tests.get("HD95", {})
+    change, p = hd95.get("rel_change"), hd95.get("p_cases")
+    if change is not None and math.isfinite(change):
+        significance = (
+            "p not computed" if p is None or not math.isfinite(p)
+            else f"{'significant' if p < 0.05 else 'not significant'}, p = {p:.2f} over the {n} test cases"
+        )  # fmt: skip
+        parts.append(f"HD95 {100 * change:+.0f} % ({significance})")
+    return (
+        f"{method} vs default {baseline}: {', '.join(parts)} — {reading}; one run cannot rank the trainers "
+        "(docs/results.md)."
+    )
 
 
 def nnunet_command(name: str) -> str:
@@ -73,11 +189,12 @@ class Demo:
         start = time.perf_counter()
         self.prepare()
         runs = self.run_folds([self.s.fold])
-        self._say("6/6 comparison")
         table = self.compare(runs)
         print(table, flush=True)
+        print(f"Figure: {self.out / 'comparison' / 'comparison.png'}", flush=True)
+        print(f"Verdict: {verdict(self.comparison)}", flush=True)
         minutes = (time.perf_counter() - start) / 60
-        self._say(f"done in {minutes:.1f} min. Everything is in {self.out}")
+        self._say(f"done in {minutes:.1f} min. Everything is in {self.out}; nnU-Net's logs in {self.logs}")
         return self.out
 
     @property
@@ -89,17 +206,17 @@ class Demo:
         for d in (self.raw, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         self.dataset = self.make_dataset()
-        self._say("2/6 nnU-Net planning and preprocessing")
         self._once("plan", ["nnUNetv2_plan_and_preprocess", "-d", str(self.s.dataset_id), "-c", "2d",
-                            "-np", "2", "-npfp", "2"])  # fmt: skip
+                            "-np", "2", "-npfp", "2"], "2/6 nnU-Net planning and preprocessing")  # fmt: skip
 
     def make_dataset(self) -> Path:
         """Step 1: the raw dataset with imagesTs/labelsTs in `self.raw`; here the generated benchmark."""
-        self._say("1/6 benchmark data")
-        return make_benchmark(
-            self.raw, self.s.dataset_id, num_train=self.s.num_train, num_test=self.s.num_test, size=self.s.size,
-            seed=self.s.seed, noise=self.s.noise,
-        )  # fmt: skip
+        s = self.s
+        with Stage(f"1/6 benchmark data: {s.num_train} training cases with noisy labels, {s.num_test} test cases"):
+            return make_benchmark(
+                self.raw, s.dataset_id, num_train=s.num_train, num_test=s.num_test, size=s.size, seed=s.seed,
+                noise=s.noise,
+            )  # fmt: skip
 
     def run_folds(self, folds: Sequence[int]) -> dict[str, list[Path]]:
         """Steps 3-5 for both trainers, fold by fold: the evaluation folders per method ("nnU-Net", "DALE")."""
@@ -111,12 +228,10 @@ class Demo:
 
     def train_predict_evaluate(self, trainer: str, fold: int) -> Path:
         """Steps 3-5 for one trainer and fold: train, predict the test cases, evaluate against their labels."""
-        self._say(f"3/6 training {trainer} (fold {fold})")
-        self._train(trainer, fold)
-        self._say(f"4/6 predicting the test cases with {trainer} (fold {fold})")
-        pred = self._predict(trainer, fold, self.dataset / "imagesTs", f"{trainer}_fold{fold}")
-        self._say(f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
-        return self._evaluate(pred)
+        self._train(trainer, fold, f"3/6 training {trainer} (fold {fold})")
+        stage = f"4/6 predicting the test cases with {trainer} (fold {fold})"
+        pred = self._predict(trainer, fold, self.dataset / "imagesTs", f"{trainer}_fold{fold}", stage)
+        return self._evaluate(pred, stage=f"5/6 evaluating {trainer} (fold {fold}) against the {self.test_labels}")
 
     def more_test_cases_evaluate(self, trainer: str, fold: int, num_test: int, lesion_scale: float = 1.0) -> Path:
         """A finished run on `num_test` test cases of the benchmark instead of its own few: the same seed's test cases
@@ -160,17 +275,36 @@ class Demo:
         return json.loads(chosen.read_text())["postprocessing_fns"]
 
     def compare(self, runs: dict[str, list[Path]], out: Path | None = None, omega_fold: int | None = None) -> str:
-        """Step 6: the comparison table (returned) and comparison.md/.json/.png in `out` (default: comparison/). The
-        figure's ω column shows DALE's ω maps (`omega_maps`, the model of fold `omega_fold`, default the settings'
-        fold) on the example cases the figure picked; without them the figure has no ω column."""
+        """Step 6: the comparison table (returned; the comparison itself in `self.comparison`) and
+        comparison.md/.json/.png in `out` (default: comparison/). The figure's fuzzy map is the AE&ER split as DALE's
+        model of fold `omega_fold` (default the settings' fold) made it, with that trainer's split patch, and its ω
+        column shows that model's ω maps (`omega_maps`) on the example cases the figure picked; without them the
+        figure has no ω column."""
         from nnunet_dale.compare import compare, format_table
 
         out, images = out or self.out / "comparison", self.dataset / "imagesTs"
-        result = compare(runs, out, images_dir=images)
-        omega_dir = self._omega_maps(result["figure"]["examples"], self.s.fold if omega_fold is None else omega_fold)
-        if omega_dir is not None:
-            result = compare(runs, out, images_dir=images, omega_dir=omega_dir)
+        fold = self.s.fold if omega_fold is None else omega_fold
+        with Stage("6/6 comparison: table, figure, DALE's split patch and ω maps of the figure's examples"):
+            split_patch = self._split_patch(fold)
+            result = compare(runs, out, images_dir=images, split_patch=split_patch)
+            omega_dir = self._omega_maps(result["figure"]["examples"], fold)
+            if omega_dir is not None:
+                result = compare(runs, out, images_dir=images, omega_dir=omega_dir, split_patch=split_patch)
+        self.comparison = result
         return format_table(result)
+
+    def _split_patch(self, fold: int) -> tuple[int, ...] | None:
+        """The split patch DALE's trained model used (its checkpoint's configuration on its plan); None, with a
+        note, if the model cannot be read (the figure then draws the evaluation's patches and says so)."""
+        from nnunet_dale.audit.model import load_trained_model
+
+        folders = {k: self.env[k] for k in FOLDER_VARIABLES}
+        try:
+            with mock.patch.dict(os.environ, folders):
+                return load_trained_model(self._result_folder(self.s.dale, fold)).split_patch_size
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            self._say(f"   the figure's fuzzy map uses the evaluation's patches: {type(error).__name__}: {error}")
+            return None
 
     def _omega_maps(self, cases: list[str], fold: int) -> Path | None:
         """DALE's per-pixel mean ω on `cases` (reused when already there); None, with a note, if it fails."""
@@ -179,7 +313,6 @@ class Demo:
         out = self.out / "omega" / f"{self.s.dale}_fold{fold}"
         if all((out / f"{case}.npy").is_file() for case in cases):
             return out
-        self._say(f"   ω maps of {self.s.dale} (fold {fold}) on the figure's {len(cases)} example cases")
         folders = {k: self.env[k] for k in FOLDER_VARIABLES}
         try:
             with mock.patch.dict(os.environ, folders):  # the audit reads the preprocessed training cases from there
@@ -190,28 +323,33 @@ class Demo:
             return None
         return out
 
-    def _train(self, trainer: str, fold: int) -> None:
+    def _train(self, trainer: str, fold: int, stage: str | None = None) -> None:
+        stage = stage or f"training {trainer} (fold {fold})"
         folder = self._result_folder(trainer, fold)
         if (folder / "validation" / "summary.json").is_file():
-            self._say(f"   reusing the finished training in {folder}")
+            self._say(f"{stage}: reusing the finished training in {folder}")
             return
         cmd = ["nnUNetv2_train", str(self.s.dataset_id), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
         resumable = any((folder / f"checkpoint_{k}.pth").is_file() for k in ("latest", "final"))
-        self._call(f"train_{trainer}_fold{fold}", cmd + (["--c"] if resumable else []))
+        progress = replace(TRAINING, total=_epochs(trainer))
+        self._call(f"train_{trainer}_fold{fold}", cmd + (["--c"] if resumable else []), stage, progress)
 
-    def _predict(self, trainer: str, fold: int, images: Path, name: str) -> Path:
+    def _predict(self, trainer: str, fold: int, images: Path, name: str, stage: str | None = None) -> Path:
         pred = self.out / "predictions" / name
         self._once(f"predict_{name}", ["nnUNetv2_predict", "-i", str(images), "-o", str(pred), "-d",
                    str(self.s.dataset_id), "-c", "2d", "-f", str(fold), "-tr", trainer, "-device", "cpu",
-                   "-npp", "1", "-nps", "1"])  # fmt: skip
+                   "-npp", "1", "-nps", "1"], stage or f"predicting {name}", PREDICTION)  # fmt: skip
         return pred
 
-    def _evaluate(self, pred: Path, labels: Path | None = None) -> Path:
+    def _evaluate(self, pred: Path, labels: Path | None = None, stage: str | None = None) -> Path:
         from nnunet_dale.evaluation import evaluate_folders
 
         out = self.out / "evaluation" / pred.name
         if not (out / "summary.json").is_file():
-            evaluate_folders(pred, labels or self.dataset / "labelsTs", out)
+            with Stage(stage or f"evaluating {pred.name}"), contextlib.redirect_stderr(io.StringIO()):
+                evaluate_folders(pred, labels or self.dataset / "labelsTs", out)  # its own bar stays quiet
+        elif stage:
+            self._say(f"{stage}: reusing the finished evaluation")
         return out
 
     # ------------------------------------------------------------------ plumbing
@@ -219,32 +357,37 @@ class Demo:
         name = self.dataset.name
         return self.out / "nnUNet_results" / name / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
 
-    def _once(self, name: str, cmd: list[str]) -> None:
+    def _once(self, name: str, cmd: list[str], stage: str | None = None, progress: LineProgress = ELAPSED) -> None:
         marker = self.out / ".done" / name
         if marker.is_file():
-            self._say(f"   reusing finished step ({marker.name})")
+            self._say(f"{stage or name}: reusing the finished step ({marker.name})")
             return
-        self._call(name, cmd)
+        self._call(name, cmd, stage, progress)
         marker.parent.mkdir(exist_ok=True)
         marker.touch()
 
-    def _call(self, name: str, cmd: list[str]) -> None:
-        """Run a command, showing its output live and keeping it in logs/<name>.log."""
+    def _call(self, name: str, cmd: list[str], stage: str | None = None, progress: LineProgress = ELAPSED) -> None:
+        """Run a command as one stage line (a progress bar on a terminal), its whole output in logs/<name>.log. If
+        it fails, the last LOG_TAIL lines of the log are printed, and the DemoError names the log."""
         log = self.logs / f"{name}.log"
         program = nnunet_command(cmd[0])
-        with open(log, "w") as f, subprocess.Popen(
+        tail: deque[str] = deque(maxlen=LOG_TAIL)
+        with Stage(stage or name, progress) as shown, open(log, "w") as f, subprocess.Popen(
             [program, *cmd[1:]], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc:  # fmt: skip
             for line in proc.stdout:
                 f.write(line)
-                if line.strip():
-                    print("   " + line.rstrip(), flush=True)
+                f.flush()
+                tail.append(line.rstrip())
+                shown.read(line)
         if proc.returncode != 0:
-            raise DemoError(f"step {name!r} failed (exit code {proc.returncode}); its output is in {log}")
+            print(f"{PREFIX} {stage or name} failed; the last lines of {log}:", flush=True)
+            print("\n".join("   " + line for line in tail if line.strip()), flush=True)
+            raise DemoError(f"step {name!r} failed (exit code {proc.returncode}); its whole output is in {log}")
 
     @staticmethod
     def _say(text: str) -> None:
-        print(f"[nnunet-dale demo] {text}", flush=True)
+        print(f"{PREFIX} {text}", flush=True)
 
 
 class RawDatasetDemo(Demo):
@@ -282,6 +425,14 @@ class RawDatasetDemo(Demo):
         if not any((self.source / "labelsTs").iterdir()):
             raise DemoError(f"{self.source / 'labelsTs'} is empty: no test cases to evaluate")
         return self.source
+
+
+def _epochs(trainer: str) -> int | None:
+    """The number of epochs of one of this package's trainer classes (its schedule), None for another trainer."""
+    from nnunet_dale import variants
+
+    epochs = getattr(getattr(variants, trainer, None), "epochs", None)
+    return epochs if isinstance(epochs, int) else None
 
 
 def run_demo(out_dir: Path, settings: DemoSettings = DemoSettings()) -> Path:

@@ -31,9 +31,16 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
         assert len(summary["metric_per_case"]) == 4  # the test cases, evaluated against the clean labels
         assert math.isfinite(summary["mean"]["1"]["Dice"])
     assert "| Dice" in first.stdout and f"Everything is in {out}" in first.stdout
+    # a person's screen: one line per stage, the table, the figure and a verdict; nnU-Net's output only in the logs
+    assert "Epoch 0" not in first.stdout and len(first.stdout.splitlines()) < 40, first.stdout
+    assert f"Figure: {out / 'comparison' / 'comparison.png'}" in first.stdout
+    verdict = next(line for line in first.stdout.splitlines() if line.startswith("Verdict: "))
+    assert verdict.startswith("Verdict: DALE vs default nnU-Net: Dice ") and "1.5 Dice points" in verdict
+    assert "Epoch 0" in (out / "logs" / "train_nnUNetTrainerDALE_quick_fold0.log").read_text()
     assert set(comparison["methods"]) >= {"nnU-Net", "DALE"}
     # the figure's ω column: DALE's maps of exactly the example cases, in the reference labels' geometry
     assert comparison["figure"]["columns"][-1] == "ω" and not comparison["figure"]["notes"]
+    assert comparison["figure"]["split_patch"] == [4, 4]  # the trainer's split: the 64 px network patch / 16
     maps = {f.stem: np.load(f) for f in (out / "omega" / "nnUNetTrainerDALE_quick_fold0").glob("*.npy")}
     assert sorted(maps) == sorted(comparison["figure"]["examples"])
     for case, omega in maps.items():
@@ -59,8 +66,9 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
     with pytest.raises(DemoError, match="no finished training"):
         demo.more_test_cases_evaluate("nnUNetTrainer_quick", 3, 6)
 
+    written = {f: f.stat().st_mtime_ns for f in (out / "omega").rglob("*.npy")}
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0, second.stdout[-3000:]
     assert second.stdout.count("reusing") >= 4  # planning, both trainings, both predictions
-    assert "ω maps of" not in second.stdout  # the maps are reused too
+    assert {f: f.stat().st_mtime_ns for f in (out / "omega").rglob("*.npy")} == written  # the maps are reused too
     assert "Epoch 0" not in second.stdout

@@ -31,7 +31,7 @@ def hashes(root: Path) -> dict[str, str]:
 def record_steps(demo, monkeypatch) -> tuple[list, list]:
     """Replace running commands and evaluating by recording them: (commands, evaluations)."""
     commands, evaluations = [], []
-    monkeypatch.setattr(demo, "_call", lambda name, cmd: commands.append(cmd))
+    monkeypatch.setattr(demo, "_call", lambda name, cmd, *shown: commands.append(cmd))
     monkeypatch.setattr(
         "nnunet_dale.evaluation.evaluate_folders", lambda pred, ref, out: evaluations.append((pred, ref, out))
     )

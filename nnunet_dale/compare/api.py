@@ -31,11 +31,14 @@ def compare(
     num_examples: int = 4,
     metrics: Sequence[str] = DEFAULT_METRICS,
     label: str | None = None,
+    split_patch: Sequence[int] | None = None,
 ) -> dict:
     """Compare methods evaluated on the same cases; write comparison.md/.json/.png to out_dir; return the comparison.
 
     `runs` maps a method name to its evaluation folders (each with summary.json; several = several runs). The baseline
     is the first method unless named. Metrics absent from some summary are skipped (listed in "skipped_metrics").
+    The figure's fuzzy map splits with `split_patch` (a trainer's split patch, e.g. the trained model's
+    `split_patch_size`), or, without it, with the evaluation's fuzzy-region patches; its title says which.
     Raises FileNotFoundError for a folder without summary.json and ValueError when the methods' case sets differ.
     The returned dict equals json.load of comparison.json (NaN as None).
     """
@@ -91,7 +94,7 @@ def compare(
     comparison = json_safe(comparison)
 
     out_dir = Path(out_dir)
-    png, info = render_figure(comparison, loaded, images_dir, omega_dir, num_examples)
+    png, info = render_figure(comparison, loaded, images_dir, omega_dir, num_examples, split_patch)
     comparison["figure"] = {"file": "comparison.png", **info}
     markdown = format_table(comparison)
 

@@ -120,8 +120,12 @@ def _crop_box(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[slic
     return box[0], box[1]
 
 
-def _fuzzy_map(ref: np.ndarray, image: np.ndarray | None, spacing, z: int | None) -> tuple[np.ndarray, str]:
-    """With an image: the AE&ER patch fuzziness m of the split (Eq. 3-5); without: the evaluation's fuzzy region."""
+def _fuzzy_map(
+    ref: np.ndarray, image: np.ndarray | None, spacing, z: int | None, split_patch: Sequence[int] | None = None
+) -> tuple[np.ndarray, str]:
+    """With an image: the AE&ER patch fuzziness m of the split (Eq. 3-5), in `split_patch` patches (a trainer's split
+    patch; a 2D patch splits each slice of a 3D case) or else the evaluation's fuzzy-region patches; without an
+    image: the evaluation's fuzzy region. Returns the map and its title, which says which patches it used."""
     import torch
 
     from nnunet_dale.config import default_patch_size
@@ -133,7 +137,15 @@ def _fuzzy_map(ref: np.ndarray, image: np.ndarray | None, spacing, z: int | None
     if image is None:
         region = reference_fuzzy_mask(ref, spacing).astype(np.float32)
         return (region if z is None else region[z]), "fuzzy region (Dice_fuzzy)"
-    patch = default_patch_size(spacing, ref.shape, FUZZY_PATCH_BASE)  # the evaluation's fuzzy-region patches
+    if split_patch is not None:  # the trainer's split
+        patch = tuple(int(p) for p in split_patch)
+        patch = (1,) * (ref.ndim - len(patch)) + patch
+        patch = tuple(min(p, n) for p, n in zip(patch, ref.shape))
+        source = "the trainer's split"
+    else:
+        patch = default_patch_size(spacing, ref.shape, FUZZY_PATCH_BASE)  # the evaluation's fuzzy-region patches
+        source = "evaluation patches"
+    size = "×".join(map(str, patch[-2:]))
     if z is not None and ref.size > LARGE_VOLUME:  # the patch slab holding slice z
         lo = (z // patch[0]) * patch[0]
         sl = slice(lo, min(lo + patch[0], ref.shape[0]))
@@ -143,7 +155,7 @@ def _fuzzy_map(ref: np.ndarray, image: np.ndarray | None, spacing, z: int | None
     lab = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))[None, None]
     split = fuzzy_split(img, lab, patch)
     m = score_map(split, patch)[0].numpy()
-    return (m if z is None else m[z]), "AE&ER fuzziness m"
+    return (m if z is None else m[z]), f"AE&ER fuzziness m\n{size} px, {source}"
 
 
 def _load_omega(omega_dir: Path | None, case: str, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
@@ -247,7 +259,9 @@ def _load_example(case, loaded, methods, baseline, images_dir, omega_dir, notes:
     return {"case": case, "ref": ref, "spacing": spacing, "preds": preds, "image": image, "omega": omega}
 
 
-def render_figure(comparison: dict, loaded, images_dir, omega_dir, num_examples: int) -> tuple[bytes, dict]:
+def render_figure(
+    comparison: dict, loaded, images_dir, omega_dir, num_examples: int, split_patch: Sequence[int] | None = None
+) -> tuple[bytes, dict]:
     from matplotlib.figure import Figure
 
     baseline = comparison["baseline"]
@@ -307,7 +321,7 @@ def render_figure(comparison: dict, loaded, images_dir, omega_dir, num_examples:
                 text = f"{row['case']}: files not found"
                 axes[0].text(0.5, 0.5, text, ha="center", va="center", fontsize=6, transform=axes[0].transAxes)
                 continue
-            slices[row["case"]] = _draw_row(axes, columns, row, methods, comparison, r + 1)
+            slices[row["case"]] = _draw_row(axes, columns, row, methods, comparison, r + 1, split_patch)
     fig.subplots_adjust(
         left=0.55 / width, right=1 - 0.15 / width, top=1 - top_margin / height, bottom=bottom_margin / height
     )
@@ -321,12 +335,13 @@ def render_figure(comparison: dict, loaded, images_dir, omega_dir, num_examples:
         "scatter_metrics": scatter_metrics,
         "size_px": size_px,
         "slices": slices,
+        "split_patch": None if split_patch is None else [int(p) for p in split_patch],
         "notes": notes,
     }
     return buffer.getvalue(), info
 
 
-def _draw_row(axes, columns, row, methods, comparison, number: int) -> int | None:
+def _draw_row(axes, columns, row, methods, comparison, number: int, split_patch=None) -> int | None:
     """One example row; returns the shown slice index (axis 0) of a 3D case, None for 2D."""
     ref3 = row["ref"]
     labels = [int(lb) for lb in comparison["labels"] if lb.lstrip("-").isdigit()]
@@ -380,7 +395,7 @@ def _draw_row(axes, columns, row, methods, comparison, number: int) -> int | Non
             title = column + (f" (Dice {dice[column]:.2f})" if column in dice and math.isfinite(dice[column]) else "")
             _style(ax, title)
         elif column == "fuzzy map":
-            fuzzy, what = _fuzzy_map(ref3, row["image"], row["spacing"], z)
+            fuzzy, what = _fuzzy_map(ref3, row["image"], row["spacing"], z, split_patch)
             heat = ax.imshow(crop(fuzzy), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
             ax.figure.colorbar(heat, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
             _contour(ax, crop(ref2), REFERENCE_COLOUR, 0.8)

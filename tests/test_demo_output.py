@@ -1,0 +1,122 @@
+"""What the demo shows a person (fast, no training): one line per stage, nnU-Net's output only in the step's log, the
+end of the log when a step fails, the one-line verdict, and the figure's fuzzy map in the trainer's split patch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nnunet_dale.compare import compare
+from nnunet_dale.compare.figure import _fuzzy_map
+from nnunet_dale.demo import PREDICTION, RUN_NOISE_POINTS, TRAINING, Demo, DemoError, Stage, verdict
+
+NNUNET_LIKE = """
+import sys
+print("There are 3 cases that I would like to predict")
+for i in range(1000):
+    print(f"2026-12-05 10:00:00.000000: nnU-Net chatter {i}")
+    if i % 100 == 0:
+        print(f"2026-12-05 10:00:00.000000: Epoch {i // 100}")
+        print("2026-12-05 10:00:00.000000: Epoch time: 1.0 s")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_step_is_one_line_and_its_output_goes_to_the_log(tmp_path, capsys):
+    demo = Demo(tmp_path / "demo")
+    demo.logs.mkdir(parents=True)
+    demo._call("train_x", [sys.executable, "-c", NNUNET_LIKE, "0"], "3/6 training x (fold 0)", TRAINING)
+    shown = capsys.readouterr().out.splitlines()
+    assert shown == ["[nnunet-dale demo] 3/6 training x (fold 0)"]  # not a terminal: the stage line only
+    log = (demo.logs / "train_x.log").read_text().splitlines()
+    assert len(log) == 1021 and log[-1].endswith("nnU-Net chatter 999")
+
+
+def test_a_failed_step_shows_the_end_of_its_log_and_names_it(tmp_path, capsys):
+    demo = Demo(tmp_path / "demo")
+    demo.logs.mkdir(parents=True)
+    with pytest.raises(DemoError, match=r"step 'plan' failed \(exit code 3\); its whole output is in .*plan\.log"):
+        demo._call("plan", [sys.executable, "-c", NNUNET_LIKE, "3"], "2/6 planning")
+    shown = capsys.readouterr().out
+    assert "2/6 planning failed; the last lines of" in shown and "plan.log" in shown
+    assert "nnU-Net chatter 999" in shown and "nnU-Net chatter 979" not in shown  # the last 20 lines
+
+
+def test_on_a_terminal_the_stage_is_a_progress_bar_of_epochs_or_cases():
+    with Stage("training", replace(TRAINING, total=10), live=True) as stage:
+        for line in ["a: Epoch 0", "a: Epoch time: 1 s", "a: Epoch 1", "a: Epoch time: 1 s", "noise"]:
+            stage.read(line)
+        assert (stage.bar.n, stage.bar.total) == (2, 10)
+    with Stage("resumed", TRAINING, live=True) as stage:
+        stage.read("2026-12-05 10:00:00.1: Epoch 7")
+        stage.read("2026-12-05 10:00:00.1: Epoch time: 1 s")
+        assert stage.bar.n == 8
+    with Stage("predicting", PREDICTION, live=True) as stage:
+        for line in ["There are 4 cases that I would like to predict", "", "Predicting case_1:", "done"]:
+            stage.read(line)
+        assert (stage.bar.n, stage.bar.total) == (1, 4)
+
+
+def comparison(dice_default: float, dice_dale: float, hd95_change: float, p: float) -> dict:
+    stats = {m: {"Dice": {"mean": d}} for m, d in (("nnU-Net", dice_default), ("DALE", dice_dale))}
+    tests = {"DALE": {"HD95": {"rel_change": hd95_change, "p_cases": p}}}
+    return {"labels": ["1"], "cases": [f"c{i}" for i in range(20)], "stats": {"1": stats}, "comparisons": {"1": tests}}
+
+
+def test_the_verdict_is_computed_from_the_numbers_with_its_thresholds():
+    level = verdict(comparison(0.707, 0.708, 0.11, 0.40))
+    assert level.startswith("DALE vs default nnU-Net: Dice +0.1 points, HD95 +11 % (not significant, p = 0.40 over")
+    assert f"within run noise (±{RUN_NOISE_POINTS} Dice points)" in level
+    worse = verdict(comparison(0.731, 0.702, 0.24, 0.04))
+    assert "Dice -2.9 points" in worse and "HD95 +24 % (significant, p = 0.04" in worse
+    assert "DALE behind by more than run noise (1.5 Dice points) in this one run" in worse
+    assert "DALE ahead by more than run noise" in verdict(comparison(0.70, 0.72, -0.05, 0.5))
+
+
+def test_the_figure_shows_the_split_patch_it_used():
+    rng = np.random.default_rng(0)
+    ref = np.zeros((64, 64), np.uint8)
+    ref[20:40, 24:44] = 1
+    image = 100 * ref + rng.normal(0, 20, ref.shape)
+    trainer, title = _fuzzy_map(ref, image, (1.0, 1.0), None, split_patch=(4, 4))
+    evaluation, default_title = _fuzzy_map(ref, image, (1.0, 1.0), None)
+    assert title == "AE&ER fuzziness m\n4×4 px, the trainer's split"
+    assert default_title == "AE&ER fuzziness m\n16×16 px, evaluation patches"
+    assert trainer.shape == evaluation.shape == ref.shape and not np.allclose(trainer, evaluation)
+    # m is constant on each split patch: 4 x 4 blocks here, 16 x 16 in the evaluation's map
+    assert all(np.ptp(trainer[i : i + 4, j : j + 4]) == 0 for i in range(0, 64, 4) for j in range(0, 64, 4))
+    assert np.ptp(evaluation[16:32, 16:32]) == 0
+
+
+def test_compare_passes_the_split_patch_to_the_figure(tmp_path):
+    refs, images = tmp_path / "labelsTs", tmp_path / "imagesTs"
+    refs.mkdir()
+    images.mkdir()
+    runs = {}
+    for method in ("nnU-Net", "DALE"):
+        folder = tmp_path / method
+        folder.mkdir()
+        records = []
+        for i in range(3):
+            ref = np.zeros((32, 32), np.uint8)
+            ref[8 + i : 20, 8:20] = 1
+            Image.fromarray(ref).save(refs / f"c{i}.png")
+            Image.fromarray((60 + 120 * ref).astype(np.uint8)).save(images / f"c{i}_0000.png")
+            Image.fromarray(ref).save(folder / f"c{i}.png")
+            metrics = {"Dice": 0.8 + 0.01 * i + (0.02 if method == "DALE" else 0), "HD95": 2.0 + i}
+            records.append({"prediction_file": str(folder / f"c{i}.png"), "reference_file": str(refs / f"c{i}.png"),
+                            "metrics": {"1": metrics}})  # fmt: skip
+        (folder / "summary.json").write_text(json.dumps({"metric_per_case": records}))
+        runs[method] = [folder]
+    result = compare(
+        runs, tmp_path / "out", images_dir=images, num_examples=1, metrics=("Dice", "HD95"), split_patch=[2, 2]
+    )
+    assert result["figure"]["split_patch"] == [2, 2] and "fuzzy map" in result["figure"]["columns"]
+    assert (
+        compare(runs, tmp_path / "out2", images_dir=images, metrics=("Dice", "HD95"))["figure"]["split_patch"] is None
+    )
