@@ -21,6 +21,7 @@ Every case is checked (files, shapes, label values) before the first omega is co
 from __future__ import annotations
 
 import copy
+import glob
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -82,10 +83,13 @@ def find_cases(
         raise AuditError(f"no images *_0000{file_ending} in {images_dir} (nnU-Net's naming: CASE_0000{file_ending})")
     out = []
     for name in found:
-        images = tuple(images_dir / f"{name}_{c:04d}{file_ending}" for c in range(num_channels))
-        absent = [p.name for p in images if not p.is_file()]
-        if absent:
-            raise AuditError(f"case {name}: the model needs {num_channels} channels; missing {', '.join(absent)}")
+        images = tuple(sorted(images_dir.glob(f"{glob.escape(name)}_[0-9][0-9][0-9][0-9]{file_ending}")))
+        if len(images) not in (1, num_channels):  # one file may hold all channels (an RGB PNG, as nnU-Net reads it)
+            expected = ", ".join(f"{name}_{c:04d}{file_ending}" for c in range(num_channels))
+            raise AuditError(
+                f"case {name}: the model needs {num_channels} channels, one file each ({expected}) or all in "
+                f"{name}_0000{file_ending}; found {len(images)} files"
+            )
         label = labels_dir / f"{name}{file_ending}"
         if not label.is_file():
             raise AuditError(f"case {name} has no label: {label} does not exist")
@@ -112,6 +116,11 @@ def read_case(model: TrainedModel, case: TestCase) -> RawCase:
         reference, _ = read_segmentation(reader, case.label)
     except (OSError, RuntimeError, ValueError, AssertionError) as e:
         raise AuditError(f"case {case.name}: cannot read its image or label ({type(e).__name__}: {e})") from None
+    if images.shape[0] != len(model.dataset_json["channel_names"]):
+        raise AuditError(
+            f"case {case.name}: its image files hold {images.shape[0]} channels; the model was trained on "
+            f"{len(model.dataset_json['channel_names'])}"
+        )
     spatial = tuple(images.shape[1:])
     if not np.any(images):
         raise AuditError(f"case {case.name}: the image is zero everywhere (nnU-Net crops images to the nonzero region)")

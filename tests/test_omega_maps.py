@@ -18,10 +18,11 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from PIL import Image
 
 from nnunet_dale.audit import AuditSettings, audit_image, load_trained_model
+from nnunet_dale.audit.settings import AuditError
 from nnunet_dale.cli import main
 from nnunet_dale.confidence import learn_confidence
 from nnunet_dale.files import load_png
-from nnunet_dale.omega_maps import RawCase, preprocess_case, to_raw_geometry
+from nnunet_dale.omega_maps import RawCase, find_cases, preprocess_case, to_raw_geometry
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.trainer import nnUNetTrainerDALE
 
@@ -316,3 +317,27 @@ def test_the_maps_fill_compares_omega_column(bordered, tmp_path):
     assert sorted(figure["examples"]) == [f"test_{i:03d}" for i in range(4)]  # two with a map, two "no ω"
     without = compare(evaluations, tmp_path / "cmp2", images_dir=raw / "imagesTs")
     assert "ω" not in without["figure"]["columns"]
+
+
+def test_channel_files_one_per_channel_or_one_rgb_file(bordered, tmp_path, capsys):
+    """nnU-Net reads an RGB PNG's three channels from one CASE_0000.png (its natural-image reader): a 3-channel
+    model's case may come as one file or as three; anything else is refused, and so is a file that holds other than
+    the model's channel count."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    for name, files in (("rgb", 1), ("split", 3), ("two", 2)):
+        for c in range(files):
+            (images / f"{name}_{c:04d}.png").write_bytes(b"")
+        (labels / f"{name}.png").write_bytes(b"")
+    found = {c.name: len(c.images) for c in find_cases(images, labels, ".png", 3, ["rgb", "split"])}
+    assert found == {"rgb": 1, "split": 3}
+    with pytest.raises(AuditError, match="needs 3 channels.*found 2 files"):
+        find_cases(images, labels, ".png", 3, ["two"])
+    # the grey model given an RGB image: the channel count read from the file is checked
+    fold, raw = bordered["fold"], bordered["raw"]
+    rgb = tmp_path / "rgb_images"
+    shutil.copytree(raw / "imagesTs", rgb)
+    grey = np.asarray(Image.open(rgb / "test_001_0000.png"))
+    Image.fromarray(np.stack([grey] * 3, -1)).save(rgb / "test_001_0000.png")
+    args = ["omega-maps", str(fold), "-i", str(rgb), "-r", str(raw / "labelsTs"), "-o", str(tmp_path / "out")]
+    _fails(capsys, [*args, "--cases", "test_001"], "hold 3 channels; the model was trained on 1")
