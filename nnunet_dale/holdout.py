@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -29,10 +28,11 @@ from nnunet_dale.files import atomic_write, staging_dir
 from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
-    datasets_with_id,
     discard_work,
+    find_dataset,
+    link_or_copy,
+    read_training_cases,
     remove,
-    resolve_raw_root,
     swap_into_place,
 )
 
@@ -119,64 +119,17 @@ def existing_test_split(folder: Path | str) -> ConversionError:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ConversionError(f"could not read {path}: {error}") from error
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path} does not hold a JSON object")
-    return data
-
-
 def _write_json(path: Path, data) -> None:
     """A new file replacing ``path`` (never writing into the old file, which may be hard-linked to the original)."""
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=4)))
 
 
 def _read_dataset(folder: Path) -> tuple[dict, dict[str, list[Path]]]:
-    """dataset.json and {case: [image files by channel..., label file]} of the training cases; checks the layout."""
-    json_file = folder / "dataset.json"
-    if not json_file.is_file():
-        raise ConversionError(f"no nnU-Net raw dataset at {folder} (no dataset.json)")
-    dataset_json = _read_json(json_file)
-    if "dataset" in dataset_json:
-        raise ConversionError(f"{json_file} lists its files explicitly ('dataset' key): not supported by the hold-out")
-    ending = dataset_json.get("file_ending")
-    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
-    if not isinstance(ending, str) or not isinstance(channels, dict):
-        raise ConversionError(f"{json_file} lacks file_ending or channel_names")
+    """dataset.json and {case: [image files by channel..., label file]} of the training cases of a dataset without a
+    test split; checks the layout."""
+    dataset_json, cases = read_training_cases(folder, "the hold-out")
     if any(d.name.startswith(TEST_SPLIT) for d in folder.iterdir()):  # imagesTs, or extra sets imagesTs_<name>
         raise existing_test_split(folder)
-    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
-    for d in (images_dir, labels_dir):
-        if not d.is_dir():
-            raise ConversionError(f"no {d.name} folder in {folder}")
-    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.iterdir()) if p.name.endswith(ending)}
-    pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending))
-    images: dict[str, dict[int, Path]] = {}
-    for p in sorted(images_dir.iterdir()):
-        m = pattern.fullmatch(p.name)
-        if m is None:
-            continue
-        if m["case"] not in labels:
-            raise ConversionError(f"image without label: {p} (expected {labels_dir / (m['case'] + ending)})")
-        images.setdefault(m["case"], {})[int(m["channel"])] = p
-    cases = {}
-    expected = sorted(next(iter(images.values()), {0: None}))  # channel files: one per channel, or one RGB PNG
-    for case, label in labels.items():
-        found = images.get(case, {})
-        if sorted(found) != expected or expected[0] != 0:
-            raise ConversionError(
-                f"label {label} should have the image file(s) {', '.join(f'{case}_{c:04d}{ending}' for c in expected)}"
-                f" in {images_dir}; found {', '.join(p.name for p in found.values()) or 'none'}"
-            )
-        cases[case] = [found[c] for c in expected] + [label]
-    if dataset_json.get("numTraining") != len(cases):
-        raise ConversionError(
-            f"{json_file} says numTraining {dataset_json.get('numTraining')!r} but {labels_dir} holds {len(cases)} "
-            "labelled cases"
-        )
     return dataset_json, cases
 
 
@@ -263,27 +216,6 @@ def _updated_official_splits(path: Path, test: set[str]) -> list | None:
     return updated
 
 
-def _find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path:
-    if isinstance(dataset, (int, np.integer)) and not isinstance(dataset, bool):
-        root = resolve_raw_root(raw_root)
-        found = datasets_with_id(root, int(dataset))
-        if len(found) != 1:
-            what = ", ".join(str(p) for p in found) if found else "none"
-            raise ConversionError(f"expected one dataset with id {dataset} in {root}; found {what}")
-        return found[0]
-    folder = Path(dataset).expanduser()
-    if not folder.is_dir():
-        raise ConversionError(f"dataset folder {folder} does not exist")
-    return folder
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def hold_out_test_set(
     dataset: Path | str | int,
     fraction: float,
@@ -302,7 +234,7 @@ def hold_out_test_set(
     Returns the dataset folder.
     """
     fraction, seed = check_hold_out(fraction, seed, by)
-    folder = _find_dataset(dataset, raw_root).resolve()
+    folder = find_dataset(dataset, raw_root).resolve()
     preprocessed = os.environ.get("nnUNet_preprocessed")
     if preprocessed and (Path(preprocessed) / folder.name).exists():
         raise ConversionError(
@@ -314,7 +246,7 @@ def hold_out_test_set(
     work = staging_dir(folder.parent, f".tmp_{folder.name}_holdout_")
     try:
         new = work / folder.name
-        shutil.copytree(folder, new, copy_function=_link_or_copy)
+        shutil.copytree(folder, new, copy_function=link_or_copy)
         record = hold_out_in_place(new, fraction, seed, by)
         swap_into_place(new, folder, [folder], work)
     except BaseException as error:

@@ -1,10 +1,13 @@
-"""nnU-Net raw-dataset folders, shared by the converters and the hold-out: the raw root, dataset ids, the error
-type, and folder swaps that leave the old folders in place when a write fails.
+"""nnU-Net raw-dataset folders, shared by the converters, the hold-out and the label-noise tool: the raw root, dataset
+ids, the error type, reading a dataset's training cases, and folder swaps that leave the old folders in place when a
+write fails.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +20,10 @@ __all__ = [
     "check_id",
     "datasets_with_id",
     "discard_work",
+    "find_dataset",
+    "link_or_copy",
+    "read_json_object",
+    "read_training_cases",
     "resolve_raw_root",
     "remove",
     "swap_all_into_place",
@@ -57,6 +64,86 @@ def datasets_with_id(folder: Path, dataset_id: int) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path:
+    """The folder of a raw dataset given as a folder, or as its id in ``raw_root`` (default: ``$nnUNet_raw``)."""
+    if isinstance(dataset, (int, np.integer)) and not isinstance(dataset, bool):
+        root = resolve_raw_root(raw_root)
+        found = datasets_with_id(root, int(dataset))
+        if len(found) != 1:
+            what = ", ".join(str(p) for p in found) if found else "none"
+            raise ConversionError(f"expected one dataset with id {dataset} in {root}; found {what}")
+        return found[0]
+    folder = Path(dataset).expanduser()
+    if not folder.is_dir():
+        raise ConversionError(f"dataset folder {folder} does not exist")
+    return folder
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON file holding an object; a ConversionError naming the file otherwise."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"could not read {path}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} does not hold a JSON object")
+    return data
+
+
+def read_training_cases(folder: Path, tool: str) -> tuple[dict, dict[str, list[Path]]]:
+    """dataset.json and {case: [image files by channel..., label file]} of a raw dataset's training cases, with the
+    layout checked (every label has its image files, numTraining matches); ``tool`` names the caller in the error for
+    a dataset.json that lists its files explicitly, which is not supported."""
+    json_file = folder / "dataset.json"
+    if not json_file.is_file():
+        raise ConversionError(f"no nnU-Net raw dataset at {folder} (no dataset.json)")
+    dataset_json = read_json_object(json_file)
+    if "dataset" in dataset_json:
+        raise ConversionError(f"{json_file} lists its files explicitly ('dataset' key): not supported by {tool}")
+    ending = dataset_json.get("file_ending")
+    channels = dataset_json.get("channel_names", dataset_json.get("modality"))
+    if not isinstance(ending, str) or not isinstance(channels, dict):
+        raise ConversionError(f"{json_file} lacks file_ending or channel_names")
+    images_dir, labels_dir = folder / "imagesTr", folder / "labelsTr"
+    for d in (images_dir, labels_dir):
+        if not d.is_dir():
+            raise ConversionError(f"no {d.name} folder in {folder}")
+    labels = {p.name[: -len(ending)]: p for p in sorted(labels_dir.iterdir()) if p.name.endswith(ending)}
+    pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending))
+    images: dict[str, dict[int, Path]] = {}
+    for p in sorted(images_dir.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m is None:
+            continue
+        if m["case"] not in labels:
+            raise ConversionError(f"image without label: {p} (expected {labels_dir / (m['case'] + ending)})")
+        images.setdefault(m["case"], {})[int(m["channel"])] = p
+    cases = {}
+    expected = sorted(next(iter(images.values()), {0: None}))  # channel files: one per channel, or one RGB PNG
+    for case, label in labels.items():
+        found = images.get(case, {})
+        if sorted(found) != expected or expected[0] != 0:
+            raise ConversionError(
+                f"label {label} should have the image file(s) {', '.join(f'{case}_{c:04d}{ending}' for c in expected)}"
+                f" in {images_dir}; found {', '.join(p.name for p in found.values()) or 'none'}"
+            )
+        cases[case] = [found[c] for c in expected] + [label]
+    if dataset_json.get("numTraining") != len(cases):
+        raise ConversionError(
+            f"{json_file} says numTraining {dataset_json.get('numTraining')!r} but {labels_dir} holds {len(cases)} "
+            "labelled cases"
+        )
+    return dataset_json, cases
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link of `src` at `dst`, or a copy where links are impossible (another file system); for copytree."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def remove(path: Path) -> None:
