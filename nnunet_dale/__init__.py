@@ -9,7 +9,7 @@ loads the trainer and nnU-Net only then. Layers, each importing only the ones be
 * the method, pure torch: ``config``, ``split``, ``confidence``, ``alignment``, ``weighted_loss``, ``metrics``;
 * nnU-Net glue: ``progress`` (the logger), ``trainer``, ``variants``;
 * tools: ``evaluation``, ``compare/``, ``audit/``, ``omega_maps``, ``raw_datasets``, ``converters/``, ``holdout``,
-  ``benchmark_data``;
+  ``benchmark_data``, ``label_noise``;
 * apps: ``demo``, ``cli``.
 
 The functions ``audit``, ``compare`` and ``omega_maps`` share their name with their module and are not re-exported
@@ -59,6 +59,7 @@ _EXPORTS = {
     "add_test_set": "nnunet_dale.converters",
     "convert": "nnunet_dale.converters",
     "hold_out_test_set": "nnunet_dale.holdout",
+    "add_label_noise": "nnunet_dale.label_noise",
     "make_benchmark": "nnunet_dale.benchmark_data",
     "plot_noise_examples": "nnunet_dale.benchmark_data",
     # apps

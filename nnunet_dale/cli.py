@@ -1,4 +1,4 @@
-"""The `nnunet-dale` command line: trainers-path, make-benchmark, evaluate, compare, convert, demo, audit,
+"""The `nnunet-dale` command line: trainers-path, make-benchmark, evaluate, compare, convert, label-noise, demo, audit,
 omega-maps."""
 
 from __future__ import annotations
@@ -142,6 +142,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             hold_out_seed=args.hold_out_seed or 0, hold_out_by=args.hold_out_by,
         )  # fmt: skip
     print(folder)
+    return 0
+
+
+def _cmd_label_noise(args: argparse.Namespace) -> int:
+    from nnunet_dale.label_noise import add_label_noise
+
+    add_label_noise(
+        int(args.dataset) if args.dataset.isdigit() else Path(args.dataset), args.id, args.alpha, kind=args.kind,
+        seed=args.seed, name=args.name, radius_fraction=tuple(args.radius_fraction), raw_root=args.raw,
+        overwrite=args.overwrite,
+    )  # fmt: skip
     return 0
 
 
@@ -304,6 +315,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="random: seeded, stratified by empty mask (default); largest: hold out the largest lesions (size shift)",
     )  # fmt: skip
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "label-noise", help="copy a raw dataset with a known share of its training labels corrupted (label-noise.md)"
+    )
+    p.add_argument("dataset", help="the source raw dataset: its folder, or its id in --raw / $nnUNet_raw")
+    p.add_argument("-d", "--id", type=int, required=True, help="id of the new dataset")
+    p.add_argument("--name", help="name of the new dataset (default <source>_<kind><100 alpha>, e.g. ISIC2017_mixed50)")
+    p.add_argument("--alpha", type=float, required=True, help="probability that a training case is corrupted, 0-1")
+    p.add_argument(
+        "--kind", default="mixed",
+        help="mixed: dilate, erode or shift, equally likely (default); biased: dilate; eroded: erode; missed: drop "
+        "one lesion of a multi-lesion mask",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-case draws (default 0)")
+    p.add_argument(
+        "--radius-fraction", type=float, nargs=2, default=(0.1, 0.3), metavar=("LO", "HI"),
+        help="error size: a fraction U(LO, HI) of each lesion's equivalent radius (default 0.1 0.3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--raw", help="where an id is looked up and the new dataset goes (default: $nnUNet_raw for an id, else the "
+        "source's parent folder)",
+    )  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace the dataset that already uses --id")
+    p.set_defaults(func=_cmd_label_noise)
 
     p = sub.add_parser("demo", help="built-in benchmark end to end: default nnU-Net vs DALE (about 5 min on 2 cores)")
     p.add_argument("-o", "--output", default="dale_demo", help="output folder (default ./dale_demo); reused if present")

@@ -10,7 +10,7 @@ Layers (lowest first), each module may import its own layer and the ones below:
    `weighted_loss`, and `metrics` (the evaluation metrics, which use the split's edge score for the fuzzy region);
 2. nnU-Net glue: `progress` (nnU-Net's logger with DALE's statistics), `trainer`, `variants`;
 3. tools, using the method and the glue: `evaluation` (the folder runner), `compare/`, `audit/`, `omega_maps`,
-   `raw_datasets`, `converters/`, `holdout`, `benchmark_data`;
+   `raw_datasets`, `converters/`, `holdout`, `benchmark_data`, `label_noise`;
 4. apps: `demo`, `cli`.
 
 Imports inside functions (lazy ones) count like top-level ones: a lazy import hides a cycle from Python, not from the
@@ -58,6 +58,7 @@ LAYERS = {
     "converters": 3,
     "holdout": 3,
     "benchmark_data": 3,
+    "label_noise": 3,
     "demo": 4,
     "cli": 4,
 }
