@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from nnunet_dale.files import short_repr
+
 ENV_FILE = "NNUNET_DALE_CONFIG"
 ENV_PREFIX = "NNUNET_DALE_"
 ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"  # =1: resume or overwrite with changed settings
@@ -89,23 +91,33 @@ class DALEConfig:
     def __post_init__(self):
         check = _Checker(self)
         check(0 < self.tau <= 1, "tau", "a number in (0, 1]")
-        check(self.alpha >= 0, "alpha", "a number >= 0")
-        check(self.lookahead_steps >= 1, "lookahead_steps", "an integer >= 1")
-        check(self.omega_lr > 0, "omega_lr", "a number > 0")
-        check(self.entropy_bins >= 2, "entropy_bins", "an integer >= 2")
+        check(0 <= self.alpha <= MAX_ALPHA, "alpha", f"a number in [0, {MAX_ALPHA:g}]")
+        check(
+            1 <= self.lookahead_steps <= MAX_LOOKAHEAD_STEPS,
+            "lookahead_steps",
+            f"an integer in 1..{MAX_LOOKAHEAD_STEPS}",
+        )
+        check(
+            0 < self.omega_lr <= MAX_OMEGA_LR, "omega_lr", f"a number in (0, {MAX_OMEGA_LR:g}] (omega = 1 -/+ omega_lr)"
+        )
+        check(2 <= self.entropy_bins <= MAX_ENTROPY_BINS, "entropy_bins", f"an integer in 2..{MAX_ENTROPY_BINS}")
         check(self.use_entropy or self.use_edges, "use_entropy/use_edges", "at least one of them true")
         check(self.feature_site in FEATURE_SITES, "feature_site", f"one of {FEATURE_SITES}")
         check(self.omega_mode in OMEGA_MODES, "omega_mode", f"one of {OMEGA_MODES}")
-        check(self.cov_perturbation >= 0, "cov_perturbation", "a number >= 0")
-        check(self.ridge > 0, "ridge", "a number > 0")
+        check(0 <= self.cov_perturbation <= 1, "cov_perturbation", "a number in [0, 1]")
+        check(0 < self.ridge <= 1, "ridge", "a number in (0, 1]")
         check(self.min_class_mass >= 0, "min_class_mass", "a number >= 0")
-        check(self.split_patches >= 0, "split_patches", "an integer >= 0 (0: patch_size decides)")
+        check(
+            0 <= self.split_patches <= MAX_SPLIT_PATCHES,
+            "split_patches",
+            f"an integer in 0..{MAX_SPLIT_PATCHES} (0: patch_size decides)",
+        )
         check(self.split_patches == 0 or self.patch_size is None, "split_patches/patch_size", "not both set")
         check(self.lw_scale in LW_SCALES, "lw_scale", f"one of {LW_SCALES}")
         check(self.min_class_mass_per_dim >= 0, "min_class_mass_per_dim", "a number >= 0")
         check(0 <= self.target_momentum < 1, "target_momentum", "a number in [0, 1)")
         check(self.omega_centre in OMEGA_CENTRES, "omega_centre", f"one of {OMEGA_CENTRES}")
-        check(self.clean_threshold >= 0, "clean_threshold", "a number >= 0")
+        check(0 <= self.clean_threshold < 1, "clean_threshold", "a number in [0, 1)")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
         check(self.dice_scope in DICE_SCOPES, "dice_scope", f"one of {DICE_SCOPES}")
         check(self.use_omega or not self.omega_shuffle, "omega_shuffle/use_omega", "false without omega (all ones)")
@@ -120,7 +132,11 @@ class DALEConfig:
             "not single_update with omega_mode 'fast' (fast mode looks along the non-fuzzy step's own gradient)",
         )
         if self.patch_size is not None:
-            check(len(self.patch_size) >= 1 and all(p >= 1 for p in self.patch_size), "patch_size", "integers >= 1")
+            check(
+                len(self.patch_size) >= 1 and all(p >= 1 for p in self.patch_size) and max(self.patch_size) >= 2,
+                "patch_size",
+                "integers >= 1, one of them >= 2 (a 1-voxel patch has entropy 0)",
+            )
 
     def replace(self, **changes: Any) -> DALEConfig:
         return dataclasses.replace(self, **changes)
@@ -143,13 +159,21 @@ SHIPPED: dict[str, Any] = {  # nnUNetTrainerDALE: the configuration the validity
 }
 
 
+# upper bounds (docs/usage.md): beyond them a run cannot work, or spends its time on nothing
+MAX_ALPHA = 10.0  # L_W at ten times the segmentation loss already drowns it
+MAX_LOOKAHEAD_STEPS = 10  # each step costs a forward and backward pass of the shadow network
+MAX_OMEGA_LR = 1.0  # a one-step omega is about 1 -/+ omega_lr per voxel: above 1 it turns negative
+MAX_ENTROPY_BINS = 1024  # the entropy histogram holds patches x bins counts per image and channel
+MAX_SPLIT_PATCHES = 64  # the paper's images hold 14-22 of its 16-pixel patches per side
+
+
 class _Checker:
     def __init__(self, config: DALEConfig):
         self.config = config
 
     def __call__(self, ok: bool, name: str, expected: str) -> None:
         if not ok:
-            values = {n: getattr(self.config, n, None) for n in name.split("/")}
+            values = ", ".join(f"{n}={short_repr(getattr(self.config, n, None))}" for n in name.split("/"))
             raise DALEConfigError(f"DALE hyper-parameter {name} must be {expected}; got {values}")
 
 
@@ -158,7 +182,7 @@ def _coerce(name: str, raw: Any) -> Any:
     kinds = {f.name: f.type for f in fields(DALEConfig)}
     if name not in kinds:
         raise DALEConfigError(
-            f"unknown DALE hyper-parameter {name!r}{_suggestion(name, kinds)}; known: {sorted(kinds)}"
+            f"unknown DALE hyper-parameter {short_repr(name)}{_suggestion(name, kinds)}; known: {sorted(kinds)}"
         )
     kind = kinds[name]
     try:
@@ -181,7 +205,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "str":
             return str(raw).strip()
         # patch size: null, an int, a list, or "16,16"
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null")):
             return None
         items = raw.split(",") if isinstance(raw, str) else (raw if isinstance(raw, Sequence) else [raw])
         return tuple(_integer(i) for i in items)
@@ -189,7 +213,7 @@ def _coerce(name: str, raw: Any) -> Any:
         expected = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "text"}.get(
             kind, "integers (one, or one per axis)"
         )
-        raise DALEConfigError(f"DALE hyper-parameter {name}: cannot read {raw!r} as {expected}") from None
+        raise DALEConfigError(f"DALE hyper-parameter {name}: cannot read {short_repr(raw)} as {expected}") from None
 
 
 def _integer(raw: Any) -> int:
@@ -204,6 +228,24 @@ def _suggestion(name: str, known: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object of hyper-parameters in `path`; a DALEConfigError naming the file for anything else."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DALEConfigError(f"{ENV_FILE}={path}: cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DALEConfigError(f"{ENV_FILE}={path}: not UTF-8 text (at byte {e.start}); save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise DALEConfigError(f"{ENV_FILE}={path}: not valid JSON ({e})") from None
+    except ValueError:  # Python's limit on the digits of an integer it converts
+        message = "holds an integer too long to read; no hyper-parameter takes one"
+        raise DALEConfigError(f"{ENV_FILE}={path}: {message}") from None
+    if not isinstance(data, dict):
+        raise DALEConfigError(f"{ENV_FILE}={path}: expected a JSON object of hyper-parameters")
+    return data
+
+
 def load_config(
     defaults: DALEConfig | Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> DALEConfig:
@@ -213,15 +255,7 @@ def load_config(
     changes: dict[str, Any] = {}
     if environ.get(ENV_FILE):
         path = Path(environ[ENV_FILE])
-        try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise DALEConfigError(f"{ENV_FILE}={path}: cannot read the file ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise DALEConfigError(f"{ENV_FILE}={path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise DALEConfigError(f"{ENV_FILE}={path}: expected a JSON object of hyper-parameters")
-        changes.update({k: _coerce(k, v) for k, v in data.items()})
+        changes.update({k: _coerce(k, v) for k, v in _read_config_file(path).items()})
     known = {ENV_PREFIX + f.name.upper(): f.name for f in fields(DALEConfig)}
     for key in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in CONTROL_VARIABLES):
         if key not in known:
@@ -229,6 +263,8 @@ def load_config(
                 f"unknown environment variable {key}{_suggestion(key, known)}; DALE reads "
                 f"{', '.join(sorted(known))} and {', '.join(CONTROL_VARIABLES)}"
             )
+        if not environ[key].strip():
+            raise DALEConfigError(f"{key} is set but empty: unset it to keep the class's value, or give one")
         changes[known[key]] = _coerce(known[key], environ[key])
     if "patch_size" in changes and "split_patches" not in changes:  # a patch size set here wins over the class's
         changes["split_patches"] = 0  # rule of patches per side
@@ -256,7 +292,14 @@ def resolve_patch_size(
     size is an error."""
     dims = len(network_patch)
     if config.split_patches:
-        return patches_per_side(network_patch, config.split_patches)
+        patch = patches_per_side(network_patch, config.split_patches)
+        if max(patch) < 2:
+            raise DALEConfigError(
+                f"DALE hyper-parameter split_patches={config.split_patches} cuts the network's patch "
+                f"{tuple(network_patch)} into 1-voxel split patches, whose entropy is always 0; use "
+                f"1..{min(MAX_SPLIT_PATCHES, max(network_patch) - 1)} for this plan (0: patch_size decides)"
+            )
+        return patch
     if config.patch_size is not None:
         patch = tuple(config.patch_size) * dims if len(config.patch_size) == 1 else tuple(config.patch_size)
         if len(patch) != dims:

@@ -19,11 +19,15 @@ import numpy as np
 
 __all__ = [
     "atomic_write",
+    "blocking_file",
+    "check_output_folder",
     "default_mode",
+    "folder_problem",
     "json_safe",
     "load_array",
     "load_png",
     "read_segmentation",
+    "short_repr",
     "staging_dir",
     "supported_endings",
 ]
@@ -56,6 +60,40 @@ def staging_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
     folder.chmod(default_mode(directory=True))
     return folder
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why `path` is not a folder to read ("does not exist", "is a file, not a folder"); None when it is one."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    return "is a file, not a folder" if path.exists() else "does not exist"
+
+
+def blocking_file(folder: Path) -> Path | None:
+    """The file at `folder` or at one of its parents that keeps `folder` from being a folder; None if there is none."""
+    for part in (folder, *folder.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def check_output_folder(folder: Path, what: str) -> None:
+    """A NotADirectoryError naming `what` when `folder` cannot become a folder because it, or a parent, is a file;
+    checked before any work, so that no result is computed only to fail at its write."""
+    folder = Path(folder)
+    if (blocker := blocking_file(folder)) is not None:
+        where = f"{folder}" if blocker == folder else f"{folder}: {blocker}"
+        raise NotADirectoryError(f"{what} {where} is a file, not a folder")
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters, for error messages: a huge input is not echoed back in full."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python converts to text
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def json_safe(value):

@@ -12,7 +12,7 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -107,6 +107,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     override them with ``NNUNET_DALE_CONFIG`` (a JSON file) or ``NNUNET_DALE_<FIELD>`` environment variables."""
 
     dale_defaults: dict[str, Any] = dict(SHIPPED)
+    _log_is_new: bool | None = None  # set by the first print_to_log_file: did this trainer start the log file?
 
     def __init__(
         self,
@@ -117,11 +118,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         device: torch.device = torch.device("cuda"),
     ):
         config = load_config(self.dale_defaults)  # a bad hyper-parameter fails here, before any data is touched
+        split_patch = _split_patch_size(config, plans, configuration)  # and before nnU-Net writes its log file
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.dale_config: DALEConfig = config
-        self.dale_patch_size = resolve_patch_size(
-            config, self.configuration_manager.patch_size, self.configuration_manager.spacing
-        )
+        self.dale_patch_size = split_patch
         self.logger.local_logger = DALELocalLogger(config.to_dict())
         self.logger.update_config({"dale": config.to_dict(), "dale_patch_size": list(self.dale_patch_size)})
         self.dale_loss: nn.Module | None = None
@@ -487,7 +487,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
         changed = self._config_changes(checkpoint)
         if changed is not None and not _allowed(ALLOW_CONFIG_CHANGE):
-            raise DALEConfigError(
+            self._refuse(
                 f"this checkpoint was written under a different DALE configuration ({changed}). Resume with the same "
                 f"settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
                 f"({self.dale_config.to_dict()})."
@@ -513,11 +513,24 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 continue
             changed = self._config_changes(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
             if changed is not None:
-                raise DALEConfigError(
+                self._refuse(
                     f"{path} was written under another DALE configuration ({changed}) and a fresh start would "
                     "overwrite it. Train the new settings under another trainer class, plans (-p) or nnUNet_results "
                     f"folder, or set {ALLOW_CONFIG_CHANGE}=1 to overwrite it (docs/usage.md)."
                 )
+
+    def print_to_log_file(self, *args: Any, **kwargs: Any) -> None:
+        """nnU-Net's log line; the first one notes whether it starts a new log file (removed again by `_refuse`)."""
+        if self._log_is_new is None:
+            self._log_is_new = not os.path.exists(self.log_file)
+        super().print_to_log_file(*args, **kwargs)
+
+    def _refuse(self, message: str) -> NoReturn:
+        """Raise a refusal as a DALEConfigError (the terminal shows it); the log file this start began is removed
+        first, so that a refused start leaves the result folder as it was."""
+        if self._log_is_new and self.local_rank == 0 and os.path.isfile(self.log_file):
+            os.remove(self.log_file)
+        raise DALEConfigError(message)
 
     def _config_changes(self, checkpoint: dict) -> str | None:
         """How a checkpoint's DALE configuration differs from this trainer's (None: the same). Fields an older
@@ -529,6 +542,14 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         current = self.dale_config.to_dict()
         changed = sorted(k for k in set(current) | set(saved) if saved.get(k) != current.get(k))
         return ("changed: " + ", ".join(changed)) if changed else None
+
+
+def _split_patch_size(config: DALEConfig, plans: dict, configuration: str) -> tuple[int, ...]:
+    """The split's patch size for a configuration of `plans` (config.resolve_patch_size), read from the plans alone."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(plans).get_configuration(configuration)
+    return resolve_patch_size(config, manager.patch_size, manager.spacing)
 
 
 def _allowed(variable: str) -> bool:
