@@ -6,7 +6,8 @@ loads the trainer and nnU-Net only then. Layers, each importing only the ones be
 
 * plumbing: ``files`` (atomic writes, JSON-safe values, readers), ``nnunet_env`` (nnU-Net folders and environment),
   ``inprocess`` (nnU-Net's steps in this process);
-* the method, pure torch: ``config``, ``split``, ``confidence``, ``alignment``, ``weighted_loss``, ``metrics``;
+* the method, pure torch: ``config``, ``split``, ``confidence``, ``alignment``, ``weighted_loss``, ``metrics``,
+  ``robust_loss``;
 * nnU-Net glue: ``progress`` (the logger), ``trainer``, ``variants``;
 * tools: ``evaluation``, ``compare/``, ``audit/``, ``omega_maps``, ``raw_datasets``, ``converters/``, ``holdout``,
   ``benchmark_data``, ``label_noise``;

@@ -5,9 +5,12 @@ result folder's name). Ablations follow Table 4 of the paper; schedules shorten 
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_dale.config import PAPER, SHIPPED
+from nnunet_dale.robust_loss import DEFAULT_Q, GeneralisedCrossEntropy
 from nnunet_dale.trainer import nnUNetTrainerDALE
 
 __all__ = [
@@ -16,6 +19,8 @@ __all__ = [
     "nnUNetTrainer_benchShippedTime",
     "nnUNetTrainer_demo",
     "nnUNetTrainer_finetune",
+    "nnUNetTrainer_GCE",
+    "nnUNetTrainer_GCE_bench",
     "nnUNetTrainer_quick",
     "nnUNetTrainerDALE_100epochs",
     "nnUNetTrainerDALE_250epochs",
@@ -390,3 +395,26 @@ class nnUNetTrainerDALE_finetune_quick(_FineTune, nnUNetTrainerDALE):
     """DALE fine-tuning for smoke tests: 2 epochs x 10 iterations (5 validation iterations), initial lr 1e-3."""
 
     epochs, iterations, val_iterations = 2, 10, 5
+
+
+# --- a standard robust-loss baseline (the noise study, benchmarks/noise_study.py; the paper's Table 3 compares it)
+class nnUNetTrainer_GCE(nnUNetTrainer):
+    """Default nnU-Net with generalised cross-entropy L_q = (1 - p_y^q) / q (Zhang & Sabuncu 2018, q = 0.7;
+    nnunet_dale.robust_loss) in place of the CE term of its Dice + CE loss; its Dice term and deep supervision are
+    nnU-Net's own. Only `_build_loss` changes, as in nnU-Net's own loss variants (variants/loss/)."""
+
+    gce_q: float = DEFAULT_Q
+
+    def _build_loss(self):
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{type(self).__name__} replaces the CE term: region-based (BCE) labels unsupported")
+        loss = super()._build_loss()
+        inner = loss.loss if isinstance(loss, DeepSupervisionWrapper) else loss
+        if not isinstance(inner, DC_and_CE_loss):
+            raise RuntimeError(f"{type(self).__name__} expected nnU-Net's DC_and_CE_loss, got {type(inner).__name__}")
+        inner.ce = GeneralisedCrossEntropy(self.gce_q, ignore_index=self.label_manager.ignore_label)
+        return loss
+
+
+class nnUNetTrainer_GCE_bench(_Bench, nnUNetTrainer_GCE):
+    """nnUNetTrainer_GCE on the study's CPU schedule (40 epochs x 25 iterations, as nnUNetTrainer_bench)."""

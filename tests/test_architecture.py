@@ -7,7 +7,8 @@ Layers (lowest first), each module may import its own layer and the ones below:
    `files` (atomic writes, JSON-safe values, readers), `nnunet_env` (nnU-Net folders and environment), `inprocess`
    (nnU-Net's steps in this process);
 1. the method — pure torch, one module per paper section: `config`, `split`, `confidence`, `alignment`,
-   `weighted_loss`, and `metrics` (the evaluation metrics, which use the split's edge score for the fuzzy region);
+   `weighted_loss`, `metrics` (the evaluation metrics, which use the split's edge score for the fuzzy region), and
+   `robust_loss` (generalised cross-entropy, the robust-loss baseline);
 2. nnU-Net glue: `progress` (nnU-Net's logger with DALE's statistics), `trainer`, `variants`;
 3. tools, using the method and the glue: `evaluation` (the folder runner), `compare/`, `audit/`, `omega_maps`,
    `raw_datasets`, `converters/`, `holdout`, `benchmark_data`, `label_noise`;
@@ -47,6 +48,7 @@ LAYERS = {
     "alignment": 1,
     "weighted_loss": 1,
     "metrics": 1,
+    "robust_loss": 1,
     "progress": 2,
     "trainer": 2,
     "variants": 2,
