@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from nnunet_dale.files import load_array, staging_dir
+from nnunet_dale.files import blocking_file, load_array, staging_dir
 from nnunet_dale.metrics import dice
+from nnunet_dale.nnunet_env import warn_nnunet_pitfalls
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -59,6 +60,7 @@ IRREGULARITY_RANGE = (0.0, 0.3)  # sum of the radial Fourier amplitudes (relativ
 HARMONICS = (2, 3, 4, 5, 6)
 MIN_GAP = 4.0  # minimal distance between the bounding circles of two lesions
 MAX_TEST_LESION_SCALE = 4.0  # make_benchmark's test_lesion_scale: beyond this hardly any lesion fits the image
+MAX_SIZE = {2: 1024, 3: 256}  # make_benchmark's size per dims: a 1024^2 image or 256^3 volume is 1-17 M voxels
 EDGE_MARGIN = 3.0  # minimal distance between a lesion's bounding circle and the image border
 BACKGROUND_LEVEL = 0.25
 NOISE_SIGMA_RANGE = (0.015, 0.04)  # additive Gaussian noise, uniform
@@ -475,8 +477,11 @@ def _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise
         problems.append(f"num_train must be an integer >= 2, got {num_train!r}")
     if not integer(num_test) or num_test < 0:
         problems.append(f"num_test must be an integer >= 0, got {num_test!r}")
-    if not integer(size) or size < 32:
-        problems.append(f"size must be an integer >= 32, got {size!r}")
+    largest = MAX_SIZE.get(dims, MAX_SIZE[2])
+    if not integer(size) or not 32 <= size <= largest:
+        problems.append(
+            f"size must be an integer in 32..{MAX_SIZE[2]} (2D) or 32..{MAX_SIZE[3]} (3D), got {size!r} in {dims!r}D"
+        )
     if not integer(seed) or seed < 0:
         problems.append(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(noise, (int, float, np.integer, np.floating)) or isinstance(noise, bool) or not noise >= 0:
@@ -496,8 +501,8 @@ def _validate(raw_root, dataset_id, name, num_train, num_test, size, seed, noise
         problems.append(f"dims must be 2 or 3, got {dims!r}")
     if not isinstance(raw_root, (str, os.PathLike)):
         problems.append(f"raw_root must be a path, got {raw_root!r}")
-    elif Path(raw_root).exists() and not Path(raw_root).is_dir():
-        problems.append(f"raw_root {raw_root} exists and is not a folder")
+    elif (blocker := blocking_file(Path(raw_root))) is not None:
+        problems.append(f"raw_root {raw_root} cannot be a folder: {blocker} is a file")
     if problems:
         raise ValueError("make_benchmark: " + "; ".join(problems))
 
@@ -621,7 +626,7 @@ def make_benchmark(
             return folder
         raise FileExistsError(
             f"{folder} already exists and was not made by make_benchmark with these parameters; "
-            "pass overwrite=True to replace it"
+            "use --overwrite (overwrite=True in Python) to replace it"
         )
 
     raw_root.mkdir(parents=True, exist_ok=True)
@@ -638,6 +643,7 @@ def make_benchmark(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    warn_nnunet_pitfalls(folder)
     return folder
 
 

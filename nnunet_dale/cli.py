@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,12 @@ def _cmd_trainers_path(args: argparse.Namespace) -> int:
 
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from nnunet_dale.benchmark_data import make_benchmark, plot_noise_examples
+    from nnunet_dale.files import check_output_folder
 
+    if args.figure:  # before the dataset is written
+        check_output_folder(Path(args.figure).parent, "the folder of --figure")
+        if Path(args.figure).is_dir():
+            raise ValueError(f"--figure {args.figure} is a folder; give the PNG file to write")
     folder = make_benchmark(
         _raw_root(args.raw),
         dataset_id=args.id,
@@ -186,16 +192,17 @@ def _progress(verb: str):
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from nnunet_dale.audit import audit, audit_quality, clean_labels_folder
+    from nnunet_dale.audit import audit, audit_quality, check_clean_labels, clean_labels_folder
     from nnunet_dale.files import atomic_write, json_safe
 
+    raw = check_clean_labels(args.raw) if args.raw else None  # before the audit runs, not after
     settings = _omega_settings(args, band=args.band, threshold=args.threshold, top=args.top)
     csv_path = audit(
         args.result_folder, args.output, fold=args.fold, settings=settings, checkpoint=args.checkpoint,
         device=args.device, progress=_progress("audited"),
     )  # fmt: skip
     print(f"wrote {csv_path}, audit.json and top/")
-    raw = Path(args.raw) if args.raw else clean_labels_folder(csv_path.parent)
+    raw = raw or clean_labels_folder(csv_path.parent)
     if raw is not None:
         quality = audit_quality(csv_path, raw)
         text = json.dumps(json_safe(quality), indent=1)
@@ -365,16 +372,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(error: Exception) -> str:
+    """A user error in words: Python's own OSError text (``[Errno 20] Not a directory: 'a/b'``) becomes the path and
+    what is wrong with it."""
+    if not isinstance(error, OSError) or error.filename is None or not str(error).startswith("[Errno"):
+        return str(error)
+    from nnunet_dale.files import blocking_file
+
+    blocker = blocking_file(Path(error.filename))
+    if isinstance(error, NotADirectoryError) and blocker is not None:
+        return f"{error.filename}: {blocker} is a file, not a folder"
+    return f"{error.filename}: {error.strerror}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except USER_ERRORS as e:
-        print(f"nnunet-dale {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"nnunet-dale {args.command}: interrupted", file=sys.stderr)
-        return 130
+    prefix = f"nnunet-dale {args.command}"
+    with warnings.catch_warnings():  # a warning is one line, like an error
+        warnings.showwarning = lambda message, *_: print(f"{prefix}: warning: {message}", file=sys.stderr)
+        try:
+            return args.func(args)
+        except USER_ERRORS as e:
+            print(f"nnunet-dale {args.command}: error: {_message(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"nnunet-dale {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_dale.files import atomic_write, json_safe, read_segmentation, supported_endings
+from nnunet_dale.files import (
+    atomic_write,
+    check_output_folder,
+    folder_problem,
+    json_safe,
+    read_segmentation,
+    supported_endings,
+)
 from nnunet_dale.metrics import (
     FUZZY_METRIC,
     METRICS,
@@ -132,8 +139,8 @@ def paired_files(
 
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for name, folder in (("prediction", pred_dir), ("reference", ref_dir)):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{name} folder {folder} does not exist")
+        if problem := folder_problem(folder):
+            raise FileNotFoundError(f"{name} folder {folder} {problem}")
     if file_ending is None:
         file_ending = _guess_file_ending(ref_dir)
     ref_files = sorted(f for f in ref_dir.iterdir() if f.is_file() and f.name.endswith(file_ending))
@@ -172,6 +179,9 @@ def evaluate_folders(
     written (json.load of summary.json).
     """
     out_dir = Path(out_dir)
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"the number of processes (-np) must be an integer >= 1, got {num_processes!r}")
+    check_output_folder(out_dir, "output folder (-o)")
     pred_files, ref_files, reader_class, file_ending = paired_files(pred_dir, ref_dir, file_ending)
     if labels is None:
         reader = reader_class()

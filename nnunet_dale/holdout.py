@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_dale.files import atomic_write, staging_dir
+from nnunet_dale.nnunet_env import warn_nnunet_pitfalls
 from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
@@ -257,6 +258,7 @@ def hold_out_test_set(
     remove(work)
     if verbose:
         print(format_record(folder, record))
+    warn_nnunet_pitfalls(folder)
     return folder
 
 

@@ -3,29 +3,42 @@
 nnU-Net finds its data through ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` and its trainer classes
 through ``nnUNet_extTrainer``; these helpers put the three folders under one root and build the environment in which
 nnU-Net's command lines see DALE's trainers, with one process for planning and augmentation and no torch.compile.
+`warn_nnunet_pitfalls` tells, when our tools write a raw dataset, what nnU-Net itself will fail on.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from nnunet_dale import trainers_path
+from nnunet_dale.files import read_segmentation
 
 __all__ = [
     "DALE_VARIABLE_PREFIX",
     "FOLDER_VARIABLES",
+    "NNUNET_FOLDS",
     "SINGLE_PROCESS",
+    "NnUNetPitfallWarning",
     "nnunet_environment",
     "nnunet_folders",
+    "nnunet_pitfalls",
     "use_nnunet_folders",
+    "warn_nnunet_pitfalls",
     "without_dale_variables",
 ]
 
 FOLDER_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SINGLE_PROCESS = {"nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "1"}  # the planner needs >= 1 augmentation process
 DALE_VARIABLE_PREFIX = "NNUNET_DALE_"  # DALE's overrides (nnunet_dale.config): dropped for runs with class defaults
+NNUNET_FOLDS = 5  # nnU-Net's own split of the training cases: 5-fold cross-validation, folds 0-4
+
+
+class NnUNetPitfallWarning(UserWarning):
+    """A raw dataset we wrote is one nnU-Net's own planning or training will fail on."""
 
 
 def nnunet_folders(root: str | os.PathLike, create: bool = False) -> dict[str, Path]:
@@ -66,3 +79,34 @@ def nnunet_environment(
     env.update(nnUNet_extTrainer=trainers or str(trainers_path()), nnUNet_compile="false")
     env.update(overrides)
     return env
+
+
+def nnunet_pitfalls(dataset_folder: str | os.PathLike) -> list[str]:
+    """What nnU-Net will fail on in a raw dataset: fewer training cases than its 5 folds (folds 0-4 stop in its
+    split with n_splits=5 > n_samples) and training labels without any foreground (its planning stops with an
+    IndexError). One message each; none for a usable dataset."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+
+    folder = Path(dataset_folder)
+    ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
+    labels = sorted((folder / "labelsTr").glob(f"*{ending}"))
+    problems = []
+    if len(labels) < NNUNET_FOLDS:
+        problems.append(
+            f"{folder.name} has {len(labels)} training case(s): nnU-Net's folds 0-4 need at least {NNUNET_FOLDS} "
+            "(its 5-fold split fails); train fold 'all', or write your own splits_final.json"
+        )
+    if labels:
+        reader = determine_reader_writer_from_file_ending(ending, str(labels[0]), True, False)()
+        if not any(read_segmentation(reader, label)[0].any() for label in labels):
+            problems.append(
+                f"no training label of {folder.name} holds any foreground: nnU-Net's planning "
+                "(nnUNetv2_plan_and_preprocess) fails on such a dataset"
+            )
+    return problems
+
+
+def warn_nnunet_pitfalls(dataset_folder: str | os.PathLike) -> None:
+    """An NnUNetPitfallWarning for each of `nnunet_pitfalls`, raised where our tool wrote the dataset."""
+    for problem in nnunet_pitfalls(dataset_folder):
+        warnings.warn(problem, NnUNetPitfallWarning, stacklevel=3)

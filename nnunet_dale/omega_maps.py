@@ -34,7 +34,7 @@ import numpy as np
 from nnunet_dale.audit.model import TrainedModel, open_model, preprocessed_dataset
 from nnunet_dale.audit.omega import ContextSlices, audit_image, case_arrays
 from nnunet_dale.audit.settings import AuditError, AuditSettings
-from nnunet_dale.files import atomic_write, read_segmentation
+from nnunet_dale.files import atomic_write, check_output_folder, folder_problem, read_segmentation
 
 __all__ = [
     "RawCase",
@@ -68,8 +68,8 @@ def find_cases(
     `labels_dir/CASE<ending>`; a clear error for a missing folder, channel file or label."""
     images_dir, labels_dir = Path(images_dir), Path(labels_dir)
     for what, folder in (("images", images_dir), ("labels", labels_dir)):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{what} folder {folder} does not exist (or is not a folder)")
+        if problem := folder_problem(folder):
+            raise FileNotFoundError(f"{what} folder {folder} {problem}")
     pattern = re.compile(r"(.+)_0000" + re.escape(file_ending))
     found = sorted(m.group(1) for p in images_dir.iterdir() if (m := pattern.fullmatch(p.name)))
     if cases is not None:
@@ -195,8 +195,7 @@ def omega_maps(
     """
     settings = settings or AuditSettings()
     images_dir, labels_dir, out_dir = Path(images_dir), Path(labels_dir), Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"output {out_dir} exists and is not a folder")
+    check_output_folder(out_dir, "output folder (-o)")
     _, model = open_model(result_folder, fold, checkpoint, device, needs_preprocessed=settings.reference == "others")
     dataset_json: dict[str, Any] = model.dataset_json
     channels = len(dataset_json["channel_names"])

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_dale.files import folder_problem
+
 __all__ = [
     "SPLITS_FILE",
     "ConversionError",
@@ -76,8 +78,8 @@ def find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path
             raise ConversionError(f"expected one dataset with id {dataset} in {root}; found {what}")
         return found[0]
     folder = Path(dataset).expanduser()
-    if not folder.is_dir():
-        raise ConversionError(f"dataset folder {folder} does not exist")
+    if problem := folder_problem(folder):
+        raise ConversionError(f"dataset folder {folder} {problem}")
     return folder
 
 

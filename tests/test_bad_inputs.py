@@ -176,3 +176,251 @@ def test_a_refused_start_leaves_no_log_file_in_the_protected_fold(dataset_2d, mo
         other_log.on_train_start()
     assert Path(first.log_file).is_file()
     torch.load(checkpoint, weights_only=False)  # the protected checkpoint is untouched and readable
+
+
+# ------------------------------------------------------------------------------------------- the command line
+def _fails(capsys, argv: list[str], *parts: str) -> str:
+    """`nnunet-dale ARGV` exits with 2 and one line of error holding every part, and no raw [Errno ...]."""
+    from nnunet_dale.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[Errno" not in err, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+def _png(path: Path, array) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def png_pair(tmp_path) -> tuple[Path, Path]:
+    """A prediction and a reference folder with one 16 x 16 case each."""
+    import numpy as np
+
+    label = np.zeros((16, 16), np.uint8)
+    label[4:10, 4:10] = 1
+    _png(tmp_path / "pred" / "case.png", label)
+    _png(tmp_path / "ref" / "case.png", label)
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+@pytest.mark.parametrize("processes", ["0", "-3"])
+def test_evaluate_refuses_a_process_count_below_one(png_pair, tmp_path, capsys, processes):
+    pred, ref = png_pair
+    out = tmp_path / "out"
+    _fails(capsys, ["evaluate", str(pred), str(ref), "-o", str(out), "-np", processes], "(-np)", ">= 1", processes)
+    assert not out.exists()
+
+
+def test_evaluate_names_a_file_given_for_a_folder(png_pair, tmp_path, capsys):
+    pred, ref = png_pair
+    out = tmp_path / "out"
+    case = pred / "case.png"
+    _fails(
+        capsys, ["evaluate", str(case), str(ref), "-o", str(out)], f"prediction folder {case} is a file, not a folder"
+    )
+    _fails(capsys, ["evaluate", str(pred), str(ref), "-o", str(case / "out")], f"{case} is a file, not a folder")
+    assert not out.exists()
+
+
+def _summary(folder: Path, per_case: list) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"metric_per_case": per_case}))
+    return folder
+
+
+def _case(name: str, dice) -> dict:
+    return {"reference_file": f"/ref/{name}.png", "metrics": {"1": {"Dice": dice, "IoU": 0.5}}}
+
+
+@pytest.mark.parametrize(
+    "per_case,message",
+    [
+        ([_case("a", 0.8), 3], "metric_per_case[1] is 3, not an object"),
+        ([_case("a", 0.8), _case("b", "abc")], "metric_per_case[1] label 1 Dice is 'abc': expected a number or null"),
+        ([{"reference_file": "a.png", "metrics": {"1": 0.8}}], "metric_per_case[0] label 1: 0.8 is not an object"),
+    ],
+)
+def test_compare_refuses_a_summary_entry_it_cannot_read(tmp_path, capsys, per_case, message):
+    good = _summary(tmp_path / "good", [_case("a", 0.7), _case("b", 0.6)][: len(per_case)])
+    bad = _summary(tmp_path / "bad", per_case)
+    out = tmp_path / "out"
+    _fails(capsys, ["compare", f"base={good}", f"other={bad}", "-o", str(out)], str(bad / "summary.json"), message)
+    assert not out.exists()
+
+
+def test_compare_still_reads_null_as_nan_and_names_a_file_given_for_a_folder(tmp_path, capsys):
+    from nnunet_dale.compare import load_run
+
+    run = load_run(_summary(tmp_path / "run", [_case("a", None)]))
+    assert run["cases"]["a"]["metrics"]["1"]["Dice"] is None
+    note = tmp_path / "notes.txt"
+    note.write_text("not a summary")
+    _fails(capsys, ["compare", f"a={note}", f"b={tmp_path / 'run'}", "-o", str(tmp_path / "out")],
+           f"{note} is a file, not a folder")  # fmt: skip
+
+
+def test_make_benchmark_refuses_a_huge_size_before_writing(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    _fails(
+        capsys, ["make-benchmark", "--raw", str(raw), "--size", "100000"], "size must be an integer in 32..1024 (2D)"
+    )
+    _fails(capsys, ["make-benchmark", "--raw", str(raw), "--size", "300", "--dims", "3"], "32..256 (3D)", "300")
+    assert not raw.exists()
+
+
+def test_make_benchmark_checks_the_figure_path_before_writing_the_dataset(tmp_path, capsys):
+    raw, blocker = tmp_path / "raw", tmp_path / "a_file"
+    blocker.write_text("")
+    _fails(capsys, ["make-benchmark", "--raw", str(raw), "--figure", str(blocker / "fig.png")],
+           f"{blocker} is a file, not a folder")  # fmt: skip
+    _fails(capsys, ["make-benchmark", "--raw", str(raw), "--figure", str(tmp_path)], "is a folder; give the PNG")
+    _fails(capsys, ["make-benchmark", "--raw", str(blocker / "raw")], f"{blocker} is a file")
+    assert not raw.exists()
+
+
+def test_make_benchmark_says_overwrite_as_the_command_line_spells_it(tmp_path, capsys):
+    from nnunet_dale.cli import main
+
+    raw = tmp_path / "raw"
+    small = ["make-benchmark", "--raw", str(raw), "--train", "5", "--test", "0", "--size", "32"]
+    assert main(small) == 0
+    capsys.readouterr()
+    err = _fails(capsys, [*small, "--seed", "1"], "use --overwrite")
+    assert "pass overwrite=True" not in err
+
+
+def test_a_path_under_a_file_is_named_in_words_not_errno_20(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    source = tmp_path / "source"
+    source.mkdir()
+    _fails(capsys, ["convert", "isic2016", str(source), "-d", "71", "--raw", str(blocker / "raw")],
+           f"{blocker / 'raw'}: {blocker} is a file, not a folder")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- audit
+@pytest.fixture(scope="module")
+def result_folder(dataset_2d, tmp_path_factory) -> Path:
+    """An (untrained) DALE result folder of the session dataset: <Trainer>__nnUNetPlans__2d with fold_0."""
+    from conftest import train_result_folder
+
+    return train_result_folder(nnUNetTrainerDALE, dataset_2d, 0, tmp_path_factory.mktemp("results")).parent
+
+
+@pytest.fixture
+def model(result_folder, tmp_path) -> Path:
+    """A copy of the result folder to spoil."""
+    import shutil
+
+    return Path(shutil.copytree(result_folder, tmp_path / result_folder.name))
+
+
+def test_audit_names_a_truncated_plans_file(model, tmp_path, capsys):
+    plans = model / "plans.json"
+    plans.write_text(plans.read_text()[:200])
+    _fails(capsys, ["audit", str(model / "fold_0"), "-o", str(tmp_path / "out")], f"{plans} is not a readable JSON")
+    assert not (tmp_path / "out").exists()
+
+
+def test_audit_says_in_one_line_that_plans_and_checkpoint_do_not_fit(model, tmp_path, capsys):
+    """Other feature counts in plans.json than the network was trained with: torch lists every mismatched layer over
+    hundreds of lines; the audit says it in one."""
+    plans = json.loads((model / "plans.json").read_text())
+    arch = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    arch["features_per_stage"] = [2 * f for f in arch["features_per_stage"]]
+    (model / "plans.json").write_text(json.dumps(plans))
+    _fails(capsys, ["audit", str(model / "fold_0")], "checkpoint_final.pth does not fit the network",
+           str(model / "plans.json"), "weights of other shapes")  # fmt: skip
+
+
+def test_audit_checks_raw_before_it_runs(model, tmp_path, capsys, monkeypatch):
+    import nnunet_dale.audit
+
+    ran = []
+    monkeypatch.setattr(nnunet_dale.audit, "audit", lambda *a, **k: ran.append(a))
+    nope = tmp_path / "nope"
+    _fails(capsys, ["audit", str(model / "fold_0"), "--raw", str(nope)], f"(--raw) {nope} does not exist")
+    nope.mkdir()
+    _fails(capsys, ["audit", str(model / "fold_0"), "--raw", str(nope)], "neither cases.json nor labelsTr_clean/")
+    assert ran == []
+
+
+def test_audit_without_the_preprocessed_dataset_leaves_no_output_folder(model, tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "preprocessed"
+    empty.mkdir()
+    monkeypatch.setenv("nnUNet_preprocessed", str(empty))
+    out = tmp_path / "out"
+    _fails(capsys, ["audit", str(model / "fold_0"), "-o", str(out)], "does not exist: preprocess the dataset")
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------- datasets nnU-Net fails on
+def _raw_dataset(folder: Path, labels: list) -> Path:
+    """A raw 2D PNG dataset with these training labels (and grey images)."""
+    import numpy as np
+
+    for i, label in enumerate(labels):
+        _png(folder / "imagesTr" / f"case_{i}_0000.png", np.full_like(label, 100))
+        _png(folder / "labelsTr" / f"case_{i}.png", label)
+    dataset = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".png",
+               "numTraining": len(labels)}  # fmt: skip
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    return folder
+
+
+def test_nnunet_pitfalls_name_an_all_background_dataset_and_too_few_cases_for_five_folds(tmp_path):
+    import numpy as np
+
+    from nnunet_dale.nnunet_env import nnunet_pitfalls
+
+    empty = np.zeros((16, 16), np.uint8)
+    one_pixel = empty.copy()
+    one_pixel[3, 5] = 1
+    assert nnunet_pitfalls(_raw_dataset(tmp_path / "fine", [empty] * 4 + [one_pixel])) == []
+    background, few = (
+        nnunet_pitfalls(_raw_dataset(tmp_path / "background", [empty] * 5)),
+        nnunet_pitfalls(_raw_dataset(tmp_path / "one", [one_pixel])),
+    )
+    assert len(background) == 1 and "no training label of background holds any foreground" in background[0]
+    assert len(few) == 1 and "one has 1 training case(s): nnU-Net's folds 0-4 need at least 5" in few[0]
+
+
+def test_make_benchmark_warns_when_nnunet_cannot_train_folds_on_it(tmp_path, capsys):
+    from nnunet_dale.benchmark_data import make_benchmark
+    from nnunet_dale.cli import main
+    from nnunet_dale.nnunet_env import NnUNetPitfallWarning
+
+    with pytest.warns(NnUNetPitfallWarning, match="has 3 training case"):
+        make_benchmark(tmp_path / "raw", num_train=3, num_test=0, size=32)
+    assert main(["make-benchmark", "--raw", str(tmp_path / "cli"), "--train", "2", "--test", "0", "--size", "32"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [
+        "nnunet-dale make-benchmark: warning: Dataset990_DALEBench has 2 training case(s): nnU-Net's folds 0-4 need "
+        "at least 5 (its 5-fold split fails); train fold 'all', or write your own splits_final.json"
+    ]
+
+
+def test_a_hold_out_that_leaves_training_without_foreground_is_flagged(tmp_path):
+    import numpy as np
+
+    from nnunet_dale.converters import ConversionError
+    from nnunet_dale.holdout import hold_out_test_set
+    from nnunet_dale.nnunet_env import NnUNetPitfallWarning
+
+    empty = np.zeros((16, 16), np.uint8)
+    lesion = empty.copy()
+    lesion[4:8, 4:8] = 1
+    folder = _raw_dataset(tmp_path / "Dataset077_Few", [lesion] + [empty] * 5)
+    with pytest.raises(ConversionError, match=r"dataset folder .*dataset.json is a file, not a folder"):
+        hold_out_test_set(folder / "dataset.json", 0.2, verbose=False)
+    with pytest.warns(NnUNetPitfallWarning, match="no training label of Dataset077_Few holds any foreground"):
+        hold_out_test_set(folder, 0.2, by="largest", verbose=False)  # the one lesion goes to the test split
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["case_0.png"]

@@ -486,3 +486,24 @@ def test_bad_arguments(tmp_path):
         with pytest.raises(ConversionError):
             convert("kvasir", tmp_path, raw_root=tmp_path / "raw", verbose=False, **arguments)
     assert set(CONVERTERS) == {"isic2016", "isic2017", "ph2", "kvasir", "polyp", "mosmed", "busi"}
+
+
+def test_a_truncated_zip_is_called_damaged_not_neither_folder_nor_zip(tmp_path):
+    make_isic2016(tmp_path / "src", n_train=1, n_test=0)
+    archive = zip_folder(tmp_path / "src" / "ISBI2016_ISIC_Part1_Training_Data", tmp_path / "data.zip")
+    archive.write_bytes(archive.read_bytes()[:-30])  # cut off the central directory at the end
+    assert not zipfile.is_zipfile(archive)
+    with pytest.raises(ConversionError, match=r"data.zip is a damaged or truncated .zip file"):
+        convert("isic2016", archive, 75, raw_root=tmp_path / "raw", verbose=False)
+    other = tmp_path / "data.rar"
+    other.write_bytes(b"Rar!\x1a\x07\x00")
+    with pytest.raises(ConversionError, match="neither a folder nor a .zip file"):
+        convert("isic2016", other, 75, raw_root=tmp_path / "raw", verbose=False)
+
+
+def test_a_converted_dataset_nnunet_cannot_train_folds_on_is_flagged(tmp_path):
+    from nnunet_dale.nnunet_env import NnUNetPitfallWarning
+
+    make_isic2016(tmp_path / "src", n_train=1, n_test=0)
+    with pytest.warns(NnUNetPitfallWarning, match="Dataset076_ISIC2016 has 1 training case"):
+        convert("isic2016", tmp_path / "src", 76, raw_root=tmp_path / "raw", verbose=False)

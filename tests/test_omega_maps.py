@@ -250,7 +250,8 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(bordered, tmp_path, ca
     Image.fromarray(np.zeros((80, 104), np.uint8)).save(blank / "test_002_0000.png")
     _fails(capsys, ["omega-maps", str(fold), "-i", str(blank), "-r", labels, "-o", str(out)], "zero everywhere")
     assert [p.name for p in out.iterdir()] == ["keep.npy"]
-    _fails(capsys, ["omega-maps", str(fold), *common[:4], "-o", str(out / "keep.npy")], "is not a folder")
+    _fails(capsys, ["omega-maps", str(fold), *common[:4], "-o", str(out / "keep.npy")], "is a file, not a folder")
+    _fails(capsys, ["omega-maps", str(fold), *common[:4], "-o", str(out / "keep.npy" / "x")], "is a file, not a")
 
     # a 3d configuration
     fake = tmp_path / "nnUNetTrainerDALE__nnUNetPlans__3d" / "fold_0"

@@ -48,6 +48,7 @@ from nnunet_dale.audit.quality import (
     audit_quality,
     auroc,
     case_corruption,
+    check_clean_labels,
     clean_labels_folder,
     read_case_scores,
 )
@@ -95,6 +96,7 @@ __all__ = [
     "boundary_band",
     "case_arrays",
     "case_corruption",
+    "check_clean_labels",
     "checked_device",
     "clean_labels_folder",
     "context_identifiers",

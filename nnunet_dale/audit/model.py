@@ -17,6 +17,7 @@ import torch
 
 from nnunet_dale.audit.settings import AuditError
 from nnunet_dale.config import DALEConfig, resolve_patch_size
+from nnunet_dale.files import folder_problem
 from nnunet_dale.weighted_loss import pixel_weighted_loss
 
 __all__ = [
@@ -61,8 +62,8 @@ class TrainedModel:
 def resolve_fold_folder(folder: str | os.PathLike, fold: int | str | None = None) -> Path:
     """The `fold_X` folder of a trained model, given it or its parent `<Trainer>__<plans>__<configuration>`."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"result folder {folder} does not exist (or is not a folder)")
+    if problem := folder_problem(folder):
+        raise FileNotFoundError(f"result folder {folder} {problem}")
     if fold is not None:
         if folder.name.startswith("fold_"):
             raise AuditError(f"{folder} is already a fold folder; drop -f or pass its parent")
@@ -143,8 +144,8 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
         raise AuditError(f"{checkpoint_path} is not a readable checkpoint ({type(error).__name__}: {error})") from None
     device = checked_device(device)
-    plans_manager = PlansManager(json.loads((model_dir / "plans.json").read_text()))
-    dataset_json = json.loads((model_dir / "dataset.json").read_text())
+    plans_manager = PlansManager(_read_json(model_dir / "plans.json"))
+    dataset_json = _read_json(model_dir / "dataset.json")
     configuration = checkpoint["init_args"]["configuration"]
     configuration_manager = plans_manager.get_configuration(configuration)
     if len(configuration_manager.patch_size) != 2:
@@ -158,7 +159,7 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
         label_manager.num_segmentation_heads,
         enable_deep_supervision=False,
     )
-    network.load_state_dict(checkpoint["network_weights"])
+    _load_weights(network, checkpoint["network_weights"], checkpoint_path, model_dir / "plans.json")
     network.to(device).eval()
     for p in network.parameters():
         p.requires_grad_(True)
@@ -183,6 +184,34 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
         split_patch_size=tuple(int(p) for p in split_patch),
         loss=loss,
     )
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from `path`; an AuditError naming the file when it is not one (truncated, not UTF-8, ...)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise AuditError(f"{path} is not a readable JSON file ({type(error).__name__}: {error})") from None
+    if not isinstance(data, dict):
+        raise AuditError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _load_weights(network: torch.nn.Module, weights: dict, checkpoint: Path, plans: Path) -> None:
+    """The checkpoint's weights into the network the plans build; one AuditError line when they do not fit (instead
+    of torch's list of every mismatched layer)."""
+    expected = network.state_dict()
+    wrong = [k for k in weights if k in expected and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if wrong or missing or extra:
+        first = wrong[0] if wrong else (missing or extra)[0]
+        shapes = f" ({tuple(weights[first].shape)} in the checkpoint, {tuple(expected[first].shape)} from the plans)"
+        raise AuditError(
+            f"{checkpoint} does not fit the network {plans} describes: {len(wrong)} weights of other shapes, "
+            f"{len(missing)} missing, {len(extra)} unexpected (first: {first}{shapes if wrong else ''}); was "
+            "plans.json replaced after training?"
+        )
+    network.load_state_dict(weights)
 
 
 def preprocessed_cases_folder(model: TrainedModel) -> Path:

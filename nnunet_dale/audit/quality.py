@@ -15,13 +15,14 @@ import numpy as np
 
 from nnunet_dale.audit.settings import AuditError
 from nnunet_dale.audit.summary import CASE_ROW, CASE_SCORE
-from nnunet_dale.files import load_array
+from nnunet_dale.files import folder_problem, load_array
 from nnunet_dale.metrics import dice
 
 __all__ = [
     "audit_quality",
     "auroc",
     "case_corruption",
+    "check_clean_labels",
     "clean_labels_folder",
     "read_case_scores",
 ]
@@ -60,17 +61,26 @@ def read_case_scores(audit_csv: str | os.PathLike, column: str = CASE_SCORE) -> 
     return {r["case"]: float(r[column]) for r in rows}
 
 
+def check_clean_labels(raw_dataset_folder: str | os.PathLike) -> Path:
+    """The raw dataset folder an audit is measured against (--raw): a folder with cases.json or labelsTr_clean/;
+    checked before the audit runs."""
+    folder = Path(raw_dataset_folder)
+    if problem := folder_problem(folder):
+        raise FileNotFoundError(f"raw dataset folder (--raw) {folder} {problem}")
+    if not (folder / "cases.json").is_file() and not (folder / "labelsTr_clean").is_dir():
+        raise FileNotFoundError(f"{folder} has neither cases.json nor labelsTr_clean/: the clean labels are unknown")
+    return folder
+
+
 def case_corruption(raw_dataset_folder: str | os.PathLike) -> dict[str, float]:
     """1 - Dice(noisy, clean) of every training case: from cases.json (the built-in benchmark) or by comparing
     labelsTr with labelsTr_clean."""
-    folder = Path(raw_dataset_folder)
+    folder = check_clean_labels(raw_dataset_folder)
     meta_file = folder / "cases.json"
     if meta_file.is_file():
         cases = json.loads(meta_file.read_text())["cases"]
         return {k: 1.0 - float(c["dice_noisy_clean"]) for k, c in cases.items() if "dice_noisy_clean" in c}
     clean_dir = folder / "labelsTr_clean"
-    if not clean_dir.is_dir():
-        raise FileNotFoundError(f"{folder} has neither cases.json nor labelsTr_clean/: the clean labels are unknown")
     ending = json.loads((folder / "dataset.json").read_text())["file_ending"]
     out = {}
     for clean_file in sorted(clean_dir.glob(f"*{ending}")):

@@ -93,7 +93,6 @@ def audit(
     settings = settings or AuditSettings()
     fold_dir, model = open_model(result_folder, fold, checkpoint, device)
     out = Path(output) if output is not None else fold_dir / "label_audit"
-    writable_folder(out)  # before the long part, not after it
     folder, dataset = preprocessed_dataset(model)
     identifiers = list(dataset.identifiers)
     if cases is not None:
@@ -103,6 +102,7 @@ def audit(
         identifiers = [i for i in identifiers if i in set(cases)]
     if not identifiers:
         raise AuditError(f"no preprocessed cases in {folder}")
+    writable_folder(out)  # after the input checks (no empty folder for a refused audit), before the long part
 
     context_of = ContextSlices(model, dataset, settings)  # context cases come from the whole training set
     audits = []

@@ -17,7 +17,7 @@ from nnunet_dale.compare.stats import (
     method_statistics,
     select_labels,
 )
-from nnunet_dale.files import atomic_write, json_safe
+from nnunet_dale.files import atomic_write, check_output_folder, json_safe
 
 __all__ = ["compare"]
 
@@ -44,6 +44,7 @@ def compare(
     """
     if not isinstance(runs, Mapping) or len(runs) < 2:
         raise ValueError("compare needs at least two methods (name -> evaluation folders)")
+    check_output_folder(Path(out_dir), "output folder (-o)")
     loaded: dict[str, list[dict]] = {}
     for method, folders in runs.items():
         if not str(method) or str(method) in FIGURE_COLUMNS or "|" in str(method):

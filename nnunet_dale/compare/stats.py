@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_dale.files import folder_problem, short_repr
+
 __all__ = [
     "DEFAULT_METRICS",
     "KNOWN_ENDINGS",
@@ -65,7 +67,7 @@ def _summary_path(folder: Path) -> Path:
         return folder
     path = folder / "summary.json"
     if not path.is_file():
-        what = "does not exist" if not folder.exists() else "has no summary.json"
+        what = folder_problem(folder) or "has no summary.json"
         raise FileNotFoundError(f"evaluation folder {folder} {what} (run `nnunet-dale evaluate` on it first)")
     return path
 
@@ -82,14 +84,29 @@ def load_run(folder: Path) -> dict:
         raise ValueError(f"{path} has no 'metric_per_case' list: not an evaluation summary")
     cases: dict[str, dict] = {}
     for i, record in enumerate(per_case):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: metric_per_case[{i}] is {short_repr(record)}, not an object with metrics")
         source = record.get("reference_file") or record.get("prediction_file")
         if not source or not isinstance(record.get("metrics"), dict):
             raise ValueError(f"{path}: metric_per_case[{i}] lacks reference_file/prediction_file or metrics")
+        _check_metric_values(path, i, record["metrics"])
         name = case_name(source)
         if name in cases:
             raise ValueError(f"{path}: case {name!r} appears twice in metric_per_case")
         cases[name] = record
     return {"folder": Path(folder), "summary_path": path, "cases": cases}
+
+
+def _check_metric_values(path: Path, index: int, metrics: dict) -> None:
+    """Every label's metrics are an object of numbers, null (NaN) or NaN; anything else is a ValueError naming the
+    file, case and metric, not a value silently counted as NaN."""
+    for label, values in metrics.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: metric_per_case[{index}] label {label}: {short_repr(values)} is not an object")
+        for metric, value in values.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                where = f"{path}: metric_per_case[{index}] label {label} {metric}"
+                raise ValueError(f"{where} is {short_repr(value)}: expected a number or null (NaN)")
 
 
 def _names(items, limit: int = 10) -> str:

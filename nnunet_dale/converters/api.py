@@ -31,6 +31,7 @@ from nnunet_dale.converters.images import FILE_ENDING, split_folders, write_spli
 from nnunet_dale.converters.registry import get_converter
 from nnunet_dale.converters.source import DatasetConverter, SourceTree
 from nnunet_dale.files import staging_dir
+from nnunet_dale.nnunet_env import warn_nnunet_pitfalls
 from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
@@ -110,7 +111,7 @@ def convert(
     if existing and not overwrite:
         raise ConversionError(
             f"dataset id {dataset_id} is already used by {', '.join(str(p) for p in existing)}: "
-            "choose another id or pass overwrite=True (--overwrite) to replace it"
+            "choose another id or use --overwrite (overwrite=True in Python) to replace it"
         )
     for variable in ("nnUNet_preprocessed", "nnUNet_results"):
         value = os.environ.get(variable)
@@ -150,6 +151,7 @@ def convert(
     remove(work)  # with the replaced datasets (overwrite)
     if verbose:
         _print_summary(target, counts, converted, collected.notes)
+    warn_nnunet_pitfalls(target)
     return target
 
 
@@ -214,7 +216,9 @@ def add_test_set(
     destinations = [target / folder for folder in split_folders(key)]
     present = [d for d in destinations if d.exists()]
     if present and not overwrite:
-        raise ConversionError(f"{present[0]} exists: choose another set name or pass overwrite=True (--overwrite)")
+        raise ConversionError(
+            f"{present[0]} exists: choose another set name or use --overwrite (overwrite=True in Python)"
+        )
 
     work = staging_dir(raw_root, f".tmp_{target.name}_{key}_")
     try:

@@ -83,6 +83,12 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".") or path.name in JUNK_PARTS
 
 
+def _starts_like_a_zip(path: Path) -> bool:
+    """Whether the file begins with a zip entry's signature (a zip cut short lacks the directory at its end)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 class SourceTree:
     """A dataset source: a folder (possibly holding the official zip files) or a zip file.
 
@@ -101,6 +107,8 @@ class SourceTree:
             self.roots = [source]
         elif zipfile.is_zipfile(source):
             self.roots = [self._extract(source)]
+        elif source.suffix.lower() == ".zip" or _starts_like_a_zip(source):
+            raise ConversionError(f"source {source} is a damaged or truncated .zip file: download it again")
         else:
             raise ConversionError(
                 f"source {source} is neither a folder nor a .zip file (extract other archives, e.g. .rar, first)"
