@@ -98,8 +98,8 @@ def test_blobs_judged_false_on_validation_are_removed_from_the_test_predictions(
     capsys.readouterr()
     assert demo.postprocess_evaluate(TRAINER, 0) == evaluation  # a second call reuses both finished steps
     reused = capsys.readouterr().out
-    assert f"reusing finished step (postprocessing_{TRAINER}_fold0)" in reused
-    assert f"reusing finished step (apply_postprocessing_{TRAINER}_fold0)" in reused
+    assert f"reusing the finished step (postprocessing_{TRAINER}_fold0)" in reused
+    assert f"reusing the finished step (apply_postprocessing_{TRAINER}_fold0)" in reused
 
 
 def test_a_second_component_that_is_real_on_validation_keeps_the_test_predictions(tmp_path, dataset_2d_plans):
