@@ -57,6 +57,7 @@ from scipy import ndimage
 
 from nnunet_dale.files import atomic_write, staging_dir
 from nnunet_dale.metrics import dice
+from nnunet_dale.nnunet_env import warn_nnunet_pitfalls
 from nnunet_dale.raw_datasets import (
     ConversionError,
     check_id,
@@ -348,7 +349,7 @@ def _check_target(out_root: Path, dataset_id: int, folder_name: str, source: Pat
     if existing and not overwrite:
         raise ConversionError(
             f"dataset id {dataset_id} is already used by {', '.join(str(p) for p in existing)}: choose another id or "
-            "pass overwrite=True (--overwrite) to replace it"
+            "use --overwrite (overwrite=True in Python) to replace it"
         )
     if source.resolve() in [p.resolve() for p in existing]:
         raise ConversionError(f"the new dataset would replace its source {source}: choose another id")
@@ -421,6 +422,7 @@ def add_label_noise(
     target = out_root / folder_name
     if verbose:
         print(format_summary(target, summary))
+    warn_nnunet_pitfalls(target)
     return target
 
 

@@ -424,3 +424,16 @@ def test_a_hold_out_that_leaves_training_without_foreground_is_flagged(tmp_path)
     with pytest.warns(NnUNetPitfallWarning, match="no training label of Dataset077_Few holds any foreground"):
         hold_out_test_set(folder, 0.2, by="largest", verbose=False)  # the one lesion goes to the test split
     assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == ["case_0.png"]
+
+
+def test_label_noise_flags_a_copy_nnunet_cannot_train_folds_on(tmp_path):
+    import numpy as np
+
+    from nnunet_dale.label_noise import add_label_noise
+    from nnunet_dale.nnunet_env import NnUNetPitfallWarning
+
+    lesion = np.zeros((32, 32), np.uint8)
+    lesion[8:20, 8:20] = 1
+    source = _raw_dataset(tmp_path / "Dataset078_Src", [lesion] * 3)
+    with pytest.warns(NnUNetPitfallWarning, match="Dataset079_Noisy has 3 training case"):
+        add_label_noise(source, 79, alpha=0.5, name="Noisy", verbose=False)
