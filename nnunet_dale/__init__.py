@@ -36,7 +36,7 @@ _EXPORTS = {
     "FuzzySplit": "nnunet_dale.split",
     "fuzzy_split": "nnunet_dale.split",
     "Confidence": "nnunet_dale.confidence",
-    "fast_confidence": "nnunet_dale.confidence",
+    "first_order_confidence": "nnunet_dale.confidence",
     "learn_confidence": "nnunet_dale.confidence",
     "Alignment": "nnunet_dale.alignment",
     "alignment_loss": "nnunet_dale.alignment",

@@ -8,6 +8,8 @@ with the exact hypergradient (Eq. 11)
 where z are the network outputs on the fuzzy batch at theta_n. J_theta z . v is one forward-mode JVP of the
 network; the remaining derivative only involves the loss head. A voxel whose loss gradient agrees with the
 non-fuzzy gradient gets a negative hypergradient, so omega grows: it is judged clean (see docs/method.md).
+`first_order_confidence` is the same formula to first order in the shadow step, along a direction v the caller
+chooses (the cheaper omega modes: fast, first_order, first_order_jvp, stale).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = [
     "class_means",
     "class_medians",
     "confidence_hypergradient",
-    "fast_confidence",
+    "first_order_confidence",
     "functional_forward",
     "learn_confidence",
     "normalised_hypergradient",
@@ -182,12 +184,18 @@ def output_difference(
     direction: Mapping[str, torch.Tensor],
     step: float = 0.01,
 ) -> Any:
-    """Fast-mode stand-in for `output_tangent`: (z(theta + eps v) - z(theta)) / eps with eps = step / |v|."""
+    """Stand-in for `output_tangent` by one forward without graph: (z(theta + eps v) - z(theta)) / eps with
+    eps = step / |v|, in at least float32 (AMP outputs are upcast)."""
     norm = torch.stack([torch.linalg.vector_norm(d) for d in direction.values()]).norm().clamp_min(1e-12)
     eps = step / norm
     with torch.no_grad():
         moved = forward({n: p.detach() + eps * direction[n] for n, p in params.items()}, x)
-    return tree_map(lambda a, b: (a.float() - b.detach().float()) / eps, moved, outputs)
+
+    def difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+        return (a.to(dtype) - b.detach().to(dtype)) / eps
+
+    return tree_map(difference, moved, outputs)
 
 
 def confidence_hypergradient(
@@ -259,28 +267,35 @@ def learn_confidence(
     return adam_on_omega(omega_shape, x_fuzzy, lr, steps, hypergradient, transform)
 
 
-def fast_confidence(
+def first_order_confidence(
     forward: Forward,
     params: Mapping[str, torch.Tensor],
     x_fuzzy: torch.Tensor,
     fuzzy_outputs: Any,
     fuzzy_loss: OutputLoss,
-    nonfuzzy_gradient: Mapping[str, torch.Tensor],
+    direction: Mapping[str, torch.Tensor],
     omega_shape: torch.Size,
     shadow_lr: float,
     steps: int = 1,
     lr: float = 0.1,
     step: float = 0.01,
     transform: Transform | None = None,
+    jvp: bool = False,
 ) -> Confidence:
-    """Fast mode (a documented approximation of Eq. 8-11): v = grad L_n(theta_p) is replaced by the non-fuzzy step's
-    own gradient at theta_{t-1} (first order in the step to theta_p, which momentum makes large: docs/performance.md
-    measures how often omega's direction agrees), and J z . v by a forward finite difference. No shadow step, no
-    second non-fuzzy pass, no JVP: one extra forward without graph (two when `fuzzy_outputs` is None)."""
+    """Eq. 8-11 to first order in the shadow step: dL_n/domega ~ -lr * d/domega <grad_z L_p(z; omega), J z . v> at
+    theta (theta_p = theta), with v = `direction` given instead of grad L_n(theta_p), and J z . v by a forward finite
+    difference (`output_difference`: one extra forward without graph) or, with `jvp`, one forward-mode JVP
+    (`output_tangent`). No shadow step, no pass at theta_p. When `fuzzy_outputs` (z at theta) is None it costs one
+    more forward without graph. The omega modes differ in v (docs/method.md): fast, the non-fuzzy step's gradient at
+    theta_{t-1}; first_order / first_order_jvp, grad L_n(theta) of the single update; stale, the SGD momentum buffer.
+    """
     if fuzzy_outputs is None:
         with torch.no_grad():
             fuzzy_outputs = forward(params, x_fuzzy)
-    tangent = output_difference(forward, params, x_fuzzy, fuzzy_outputs, nonfuzzy_gradient, step)
+    if jvp:
+        tangent = output_tangent(forward, params, x_fuzzy, direction)
+    else:
+        tangent = output_difference(forward, params, x_fuzzy, fuzzy_outputs, direction, step)
     return adam_on_omega(
         omega_shape,
         x_fuzzy,

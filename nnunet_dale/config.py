@@ -24,7 +24,8 @@ ALLOW_CONFIG_CHANGE = "NNUNET_DALE_ALLOW_CONFIG_CHANGE"  # =1: resume or overwri
 CONTROL_VARIABLES = (ENV_FILE, ALLOW_CONFIG_CHANGE)  # NNUNET_DALE_* that are not hyper-parameters
 FEATURE_SITES = ("head", "bottleneck")
 LW_SCALES = ("none", "trace")
-OMEGA_MODES = ("exact", "fast")
+OMEGA_MODES = ("exact", "fast", "first_order", "first_order_jvp", "stale")
+FUSED_OMEGA_MODES = ("first_order", "first_order_jvp", "stale")  # omega taken inside the single update
 OMEGA_CENTRES = ("mean", "median")
 DICE_SCOPES = ("region", "image")
 
@@ -35,6 +36,7 @@ __all__ = [
     "ENV_FILE",
     "ENV_PREFIX",
     "FEATURE_SITES",
+    "FUSED_OMEGA_MODES",
     "LW_SCALES",
     "OMEGA_CENTRES",
     "OMEGA_MODES",
@@ -68,7 +70,8 @@ class DALEConfig:
     use_edges: bool = True  # ER criterion (Table 4 ablation)
     use_omega: bool = True  # learn omega (Eq. 8-11); off: omega = 1
     use_alignment: bool = True  # L_W (Eq. 12-14); off: alpha is ignored
-    omega_mode: str = "exact"  # "exact": Eq. 8-11 with the exact hypergradient; "fast": first-order approximation
+    omega_mode: str = "exact"  # "exact": Eq. 8-11 with the exact hypergradient; the others: first-order (method.md)
+    omega_every: int = 1  # omega is learned on every k-th iteration; the others train at omega = 1 (as use_omega off)
     feature_site: str = "head"  # "head": input of the final segmentation layer; "bottleneck": encoder output
     cov_perturbation: float = 0.01  # scale of the random eps of Eq. 13, relative to the mean variance
     ridge: float = 1e-4  # added to covariance diagonals before matrix square roots
@@ -121,6 +124,8 @@ class DALEConfig:
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
         check(self.dice_scope in DICE_SCOPES, "dice_scope", f"one of {DICE_SCOPES}")
         check(self.use_omega or not self.omega_shuffle, "omega_shuffle/use_omega", "false without omega (all ones)")
+        check(self.omega_every >= 1, "omega_every", "an integer >= 1 (1: omega on every iteration)")
+        check(self.use_omega or self.omega_every == 1, "omega_every/use_omega", "1 without omega (nothing to skip)")
         check(
             self.single_update or self.dice_scope == "region",
             "dice_scope/single_update",
@@ -130,6 +135,12 @@ class DALEConfig:
             not (self.single_update and self.omega_mode == "fast"),
             "single_update/omega_mode",
             "not single_update with omega_mode 'fast' (fast mode looks along the non-fuzzy step's own gradient)",
+        )
+        check(
+            self.single_update or self.omega_mode not in FUSED_OMEGA_MODES,
+            "single_update/omega_mode",
+            f"single_update with omega_mode in {FUSED_OMEGA_MODES} (they take v from the single update: its "
+            "non-fuzzy gradient or the momentum buffer; with two steps use 'fast')",
         )
         if self.patch_size is not None:
             check(

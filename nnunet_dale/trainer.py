@@ -36,7 +36,7 @@ from nnunet_dale.alignment import (
 )
 from nnunet_dale.confidence import (
     Confidence,
-    fast_confidence,
+    first_order_confidence,
     functional_forward,
     learn_confidence,
     normalised_hypergradient,
@@ -44,6 +44,7 @@ from nnunet_dale.confidence import (
 )
 from nnunet_dale.config import (
     ALLOW_CONFIG_CHANGE,
+    FUSED_OMEGA_MODES,
     SHIPPED,
     DALEConfig,
     DALEConfigError,
@@ -55,9 +56,15 @@ from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import pixel_weighted_loss, weight_pyramid
 
-__all__ = ["OMEGA_MOVED", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
+__all__ = ["NO_DIRECTION", "OMEGA_MOVED", "OMEGA_STATS", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
 
 OMEGA_MOVED = 1e-3  # |omega - 1| above this counts as moved (dale_omega_moved)
+OMEGA_STATS = ("dale_mean_omega", "dale_noisy_share", "dale_omega_fg", "dale_omega_bg", "dale_noisy_fg",
+               "dale_noisy_bg", "dale_omega_moved")  # fmt: skip  # NaN on the iterations omega_every skips
+NO_DIRECTION = {  # omega modes that look along a direction v, when there is none (omega = 1 for the iteration)
+    "fast": "no non-fuzzy gradient: omega = 1 for this iteration",
+    "stale": "no momentum buffer yet (the optimiser's first step): omega = 1 for this iteration",
+}
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -132,6 +139,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self._grad_norms: dict[str, torch.Tensor] = {}  # pre-clip gradient norm of this iteration's steps
         self.dale_resumed = False  # set by load_checkpoint (--c): then the result folder is this run's own
         self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
+        self.dale_iterations = 0  # DALE iterations since this process started (omega_every counts them)
         self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
 
     # ------------------------------------------------------------------ set-up
@@ -155,7 +163,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     def train_step(self, batch: dict) -> dict:
         """Algorithm 1, one iteration: split -> non-fuzzy step -> omega* -> fuzzy step, on one nnU-Net batch. With
         `single_update` the two steps are one optimiser update on (L_n + L_f) / 2, omega* looking ahead from theta;
-        during the warm-up (`warmup_fraction`) the iteration is nnU-Net's own."""
+        with `omega_every` k > 1 only every k-th iteration learns omega*, the others train at omega = 1 (as with
+        use_omega off); during the warm-up (`warmup_fraction`) the iteration is nnU-Net's own."""
         cfg = self.dale_config
         if self.current_epoch < cfg.warmup_fraction * self.num_epochs:
             return {**super().train_step(batch), **{k: np.nan for k in DALE_STATS}}
@@ -168,6 +177,8 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         )
         full_target = target[0] if isinstance(target, list) else target
         self._grad_norms = {}
+        learn_omega = cfg.use_omega and self.dale_iterations % cfg.omega_every == 0  # else omega = 1 (use_omega off)
+        self.dale_iterations += 1
 
         # line 3: split the batch into D_n and D_f (Eq. 3-7)
         with self._phase("split"):
@@ -192,7 +203,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             features_n = tap_n.value
             gradient_n = None  # single update: theta_n = theta, L_n joins L_f in the one update of line 14
             if not cfg.single_update and nonfuzzy_mass > 0:
-                keep = cfg.use_omega and cfg.omega_mode == "fast"
+                keep = learn_omega and cfg.omega_mode == "fast"
                 gradient_n = self._optimizer_step(loss_n, "nonfuzzy", keep_gradient=keep)
             elif not cfg.single_update:  # everything fuzzy: no reliable region to step on
                 self._fallback("no non-fuzzy region: non-fuzzy step skipped")
@@ -221,15 +232,23 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             return self.dale_loss(output, target, nonfuzzy_weights, nonfuzzy_weights, *dice_weights)
 
         with self._phase("omega"):
-            transform = self._omega_transform(split, membership)
-            confidence = self._confidence(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
-            if cfg.omega_shuffle:  # the control: each class keeps its omega values, at random voxels
-                confidence = shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
+            confidence = Confidence.neutral(split.fuzzy)
+            clean = torch.ones_like(split.fuzzy, dtype=torch.bool)  # without omega every fuzzy voxel counts as clean
+            if learn_omega:
+                if cfg.omega_mode in FUSED_OMEGA_MODES:  # the single update's v: its own L_n gradient or momentum
+                    gradient_n = self._direction(loss_n)
+                transform = self._omega_transform(split, membership)
+                confidence = self._confidence(
+                    x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform
+                )
+                if cfg.omega_shuffle:  # the control: each class keeps its omega values, at random voxels
+                    confidence = shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
+                clean = confidence.clean
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
             detached_n = None if features_n is None else features_n.detach()
-            alignment = self._alignment(detached_n, features_f, membership, split, confidence)
+            alignment = self._alignment(detached_n, features_f, membership, split, clean)
         confidence, alignment = self._finite_or_skipped(confidence, alignment)
         mean_omega = (confidence.omega * split.fuzzy).sum() / local_fuzzy_mass.clamp_min(1e-8)
 
@@ -252,8 +271,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 self._optimizer_step(loss_f, "fuzzy")
         loss = 0.5 * (loss_n + loss_f).detach()
         if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
-            return self._step_outputs(loss, split, membership)
-        return self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach(), mean_omega)
+            outputs = self._step_outputs(loss, split, membership)
+        else:
+            outputs = self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach(), mean_omega)
+        if cfg.use_omega and not learn_omega:  # omega_every: omega's statistics are those of the iterations learning it
+            outputs.update(dict.fromkeys(OMEGA_STATS, np.nan))
+        return outputs
 
     @staticmethod
     def _image_dice_weights(split: FuzzySplit, omega: torch.Tensor, target):
@@ -388,8 +411,6 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast; `transform`
         maps the hypergradient before Adam (omega_normalise)."""
         cfg = self.dale_config
-        if not cfg.use_omega:
-            return Confidence.neutral(split.fuzzy)
         return dataclasses.replace(
             self._lookahead(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform),
             threshold=cfg.clean_threshold,
@@ -403,23 +424,42 @@ class nnUNetTrainerDALE(nnUNetTrainer):
 
         shared = None if self.device.type == "cuda" else output_f  # an AMP graph is not reused for the meta step
         lr = self.optimizer.param_groups[0]["lr"]
-        if cfg.omega_mode == "fast":
-            if gradient_n is None:  # the non-fuzzy step was skipped: no direction to look along
-                self._fallback("no non-fuzzy gradient: omega = 1 for this iteration")
+        if cfg.omega_mode != "exact":  # first order along v = gradient_n (fast, first_order(_jvp), stale)
+            if gradient_n is None:  # fast: the non-fuzzy step was skipped; stale: no momentum yet
+                self._fallback(NO_DIRECTION[cfg.omega_mode])
                 return Confidence.neutral(split.fuzzy)
             direction = dict(zip(params, gradient_n))
-            return fast_confidence(
+            return first_order_confidence(
                 forward, params, x_f, shared, fuzzy_loss, direction, split.fuzzy.shape, lr, cfg.lookahead_steps,
-                cfg.omega_lr, transform=transform,
+                cfg.omega_lr, transform=transform, jvp=cfg.omega_mode == "first_order_jvp",
             )  # fmt: skip
         return learn_confidence(
             forward, params, x_f, x_n, fuzzy_loss, nonfuzzy_loss, split.fuzzy.shape, lr, cfg.lookahead_steps,
             cfg.omega_lr, fuzzy_outputs=shared, transform=transform,
         )  # fmt: skip
 
-    def _alignment(self, features_n, features_f, membership, split: FuzzySplit, confidence: Confidence) -> Alignment:
-        """L_W (Eq. 12-14): fuzzy features of clean voxels pulled toward the detached non-fuzzy class Gaussians (this
-        batch's, or their running estimate with target_momentum > 0)."""
+    def _direction(self, loss_n: torch.Tensor) -> list[torch.Tensor] | None:
+        """v of the omega modes fused into the single update, per trainable parameter. first_order(_jvp):
+        grad L_n(theta), the L_n half of the update's backward taken apart by autograd.grad (through the GradScaler's
+        scale on CUDA); the graph is kept for the update's own backward, and DDP does not all-reduce it, so v is this
+        rank's, as the exact lookahead's is. stale: the SGD momentum buffer, zeros for parameters that never had a
+        gradient, None before the optimiser's first step."""
+        params = [p for p in unwrap(self.network).parameters() if p.requires_grad]
+        if self.dale_config.omega_mode == "stale":
+            state = self.optimizer.state
+            buffers = [state[p].get("momentum_buffer") if p in state else None for p in params]
+            if all(b is None for b in buffers):
+                return None
+            return [torch.zeros_like(p) if b is None else b for p, b in zip(params, buffers)]
+        scale = 1.0 if self.grad_scaler is None else self.grad_scaler.get_scale()
+        grads = torch.autograd.grad(
+            loss_n * scale, params, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
+        return [g / scale for g in grads]
+
+    def _alignment(self, features_n, features_f, membership, split: FuzzySplit, clean: torch.Tensor) -> Alignment:
+        """L_W (Eq. 12-14): fuzzy features of `clean` voxels pulled toward the detached non-fuzzy class Gaussians
+        (this batch's, or their running estimate with target_momentum > 0)."""
         cfg = self.dale_config
         if features_n is None or features_f is None or cfg.alpha == 0:
             zero = torch.zeros((), device=self.device)
@@ -427,7 +467,6 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         spatial = features_f.shape[2:]
         membership = resize_to(membership, spatial)
         min_mass = max(cfg.min_class_mass, cfg.min_class_mass_per_dim * features_f.shape[1])
-        clean = confidence.clean if cfg.use_omega else torch.ones_like(split.fuzzy, dtype=torch.bool)
         with torch.no_grad():
             target_stats = class_gaussians(features_n, membership, resize_to(split.nonfuzzy, spatial))
             if cfg.target_momentum > 0:

@@ -37,14 +37,21 @@ __all__ = [
     "nnUNetTrainerDALE_ERonly",
     "nnUNetTrainerDALE_ERonly_bench",
     "nnUNetTrainerDALE_fast",
+    "nnUNetTrainerDALE_fast_bench",
     "nnUNetTrainerDALE_finetune",
     "nnUNetTrainerDALE_finetune_quick",
+    "nnUNetTrainerDALE_firstOrder",
+    "nnUNetTrainerDALE_firstOrder_bench",
+    "nnUNetTrainerDALE_firstOrderJVP",
+    "nnUNetTrainerDALE_firstOrderJVP_bench",
     "nnUNetTrainerDALE_imageDice",
     "nnUNetTrainerDALE_imageDice_bench",
     "nnUNetTrainerDALE_noLW",
     "nnUNetTrainerDALE_noLW_bench",
     "nnUNetTrainerDALE_noOmega",
     "nnUNetTrainerDALE_noOmega_bench",
+    "nnUNetTrainerDALE_omegaEvery4",
+    "nnUNetTrainerDALE_omegaEvery4_bench",
     "nnUNetTrainerDALE_omegaMedian",
     "nnUNetTrainerDALE_omegaMedian_bench",
     "nnUNetTrainerDALE_omegaNorm",
@@ -60,6 +67,8 @@ __all__ = [
     "nnUNetTrainerDALE_singleUpdate_bench",
     "nnUNetTrainerDALE_splitPatches",
     "nnUNetTrainerDALE_splitPatches_bench",
+    "nnUNetTrainerDALE_staleOmega",
+    "nnUNetTrainerDALE_staleOmega_bench",
     "nnUNetTrainerDALE_stableLW",
     "nnUNetTrainerDALE_stableLW_bench",
     "nnUNetTrainerDALE_strongOmega",
@@ -214,6 +223,35 @@ class nnUNetTrainerDALE_fast(nnUNetTrainerDALE):
     dale_defaults = {**SHIPPED, "single_update": False, "omega_mode": "fast"}
 
 
+# --- cheaper omega (issue 30): the shipped configuration with one omega mode each (docs/method.md, "Cheaper omega")
+class nnUNetTrainerDALE_firstOrder(nnUNetTrainerDALE):
+    """First-order omega fused into the single update: v = grad L_n(theta) of the update itself, J z . v by a finite
+    difference (one forward without graph and one more backward than a plain step)."""
+
+    dale_defaults = {**SHIPPED, "omega_mode": "first_order"}
+
+
+class nnUNetTrainerDALE_firstOrderJVP(nnUNetTrainerDALE):
+    """First-order omega fused into the single update with the exact forward-mode JVP instead of the finite
+    difference."""
+
+    dale_defaults = {**SHIPPED, "omega_mode": "first_order_jvp"}
+
+
+class nnUNetTrainerDALE_staleOmega(nnUNetTrainerDALE):
+    """Stale-direction omega in the single update: v = the SGD momentum buffer, J z . v by a finite difference (one
+    forward without graph more than a plain step)."""
+
+    dale_defaults = {**SHIPPED, "omega_mode": "stale"}
+
+
+class nnUNetTrainerDALE_omegaEvery4(nnUNetTrainerDALE):
+    """The shipped exact omega on every 4th iteration; the other three are its single update at omega = 1 (the
+    _noOmega iteration)."""
+
+    dale_defaults = {**SHIPPED, "omega_every": 4}
+
+
 # --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)
 class nnUNetTrainerDALE_5epochs(_Schedule, nnUNetTrainerDALE):
     epochs = 5
@@ -347,6 +385,26 @@ class nnUNetTrainerDALE_ERonly_bench(_Bench, nnUNetTrainerDALE_ERonly):
 
 
 class nnUNetTrainerDALE_noLW_bench(_Bench, nnUNetTrainerDALE_noLW):
+    pass
+
+
+class nnUNetTrainerDALE_fast_bench(_Bench, nnUNetTrainerDALE_fast):
+    pass
+
+
+class nnUNetTrainerDALE_firstOrder_bench(_Bench, nnUNetTrainerDALE_firstOrder):
+    pass
+
+
+class nnUNetTrainerDALE_firstOrderJVP_bench(_Bench, nnUNetTrainerDALE_firstOrderJVP):
+    pass
+
+
+class nnUNetTrainerDALE_staleOmega_bench(_Bench, nnUNetTrainerDALE_staleOmega):
+    pass
+
+
+class nnUNetTrainerDALE_omegaEvery4_bench(_Bench, nnUNetTrainerDALE_omegaEvery4):
     pass
 
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from nnunet_dale.confidence import (
     confidence_hypergradient,
-    fast_confidence,
+    first_order_confidence,
     learn_confidence,
     output_difference,
     output_tangent,
@@ -142,7 +142,7 @@ def test_fast_mode_finite_difference_tracks_the_jvp_and_omega_direction_agrees()
         assert (e - a).norm() < 1e-3 * e.norm()
     shape = x_f.shape
     exact = learn_confidence(forward, params, x_f, x_n, fuzzy_loss, nonfuzzy_loss, shape, 0.01, fuzzy_outputs=outputs)
-    fast = fast_confidence(forward, params, x_f, outputs, fuzzy_loss, v, shape, 0.01)
+    fast = first_order_confidence(forward, params, x_f, outputs, fuzzy_loss, v, shape, 0.01)
     moved = exact.update != 0
     agreement = (torch.sign(exact.update[moved]) == torch.sign(fast.update[moved])).double().mean()
     assert agreement > 0.95

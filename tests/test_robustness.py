@@ -130,9 +130,9 @@ def test_non_finite_alignment_is_skipped_like_alpha_zero(dataset_2d, batch, monk
     assert all(torch.allclose(ref_params[n], got[n], atol=1e-6) for n in got)
 
 
-@pytest.mark.parametrize("mode", ["exact", "fast"])
+@pytest.mark.parametrize("mode", ["exact", "fast", "first_order", "first_order_jvp", "stale"])
 def test_non_finite_omega_falls_back_to_one(dataset_2d, batch, monkeypatch, mode):
-    name = "learn_confidence" if mode == "exact" else "fast_confidence"
+    name = "learn_confidence" if mode == "exact" else "first_order_confidence"
     real = getattr(trainer_module, name)
 
     def nan_omega(*args, **kwargs):
@@ -141,7 +141,11 @@ def test_non_finite_omega_falls_back_to_one(dataset_2d, batch, monkeypatch, mode
 
     monkeypatch.setattr(trainer_module, name, nan_omega)
     monkeypatch.setenv("NNUNET_DALE_OMEGA_MODE", mode)
+    if mode not in ("exact", "fast"):  # the modes fused into the single update
+        monkeypatch.setenv("NNUNET_DALE_SINGLE_UPDATE", "1")
     trainer = build(nnUNetTrainerDALE_paper, dataset_2d)
+    if mode == "stale":  # its first step has no momentum to look along
+        trainer.train_step(copy_batch(batch))
     out = trainer.train_step(copy_batch(batch))
     assert trainer.dale_fallbacks["non-finite omega: omega = 1 for this iteration"] == 1
     assert out["dale_mean_omega"] == pytest.approx(1.0) and out["dale_noisy_share"] == 0

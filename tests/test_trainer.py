@@ -147,7 +147,7 @@ def reference_step(trainer, batch, learn_omega: bool = True) -> None:
     with trainer.feature_tap.capture() as tap:  # a fresh fuzzy forward at theta_n (Eq. 2)
         out_f = net(data * split.fuzzy)
     confidence = Confidence(omega=omega_star, update=omega_star - 1)
-    l_w = trainer._alignment(features_n, tap.value, trainer._membership(target[0]), split, confidence).loss
+    l_w = trainer._alignment(features_n, tap.value, trainer._membership(target[0]), split, confidence.clean).loss
     mean_omega = (omega_star * split.fuzzy).sum() / split.fuzzy.sum()
     sgd(loss(out_f, target, weight_pyramid(omega_star * split.fuzzy, target), w_f) + cfg.alpha * mean_omega * l_w)
 
