@@ -62,16 +62,13 @@ def test_no_doc_names_a_machine_path():
     )
 
 
-PENDING_LINKS = {"docs/label-noise.md"}  # written by the label-noise issue (31); linked from the docs index already
-
-
 def test_relative_links_point_at_files():
     missing = set()
     for path in DOCS:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if not re.match(r"[a-z]+:", target) and not (path.parent / target).exists():
                 missing.add((path.parent / target).resolve().relative_to(REPO).as_posix())
-    assert missing <= PENDING_LINKS, sorted(missing - PENDING_LINKS)
+    assert not missing, sorted(missing)
 
 
 def test_results_page_is_a_summary():
