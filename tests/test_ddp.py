@@ -40,7 +40,9 @@ pytestmark = pytest.mark.slow  # two extra processes building nnU-Net trainers: 
 WORLD = 2
 PER_RANK = 2
 PLAIN = {"NNUNET_DALE_USE_OMEGA": "0", "NNUNET_DALE_ALPHA": "0"}  # omega and alignment off
-CONFIGS = {"default": {}, "plain": PLAIN, "shipped": {}}  # shipped: nnUNetTrainerDALE, the others _paper
+FUSED = ("first_order", "stale")  # omega modes fused into the single update (v: its own L_n gradient, momentum)
+CONFIGS = {"default": {}, "plain": PLAIN, "shipped": {}, **{m: {"NNUNET_DALE_OMEGA_MODE": m} for m in FUSED}}
+SHIPPED_CLASS = ("shipped", *FUSED)  # these build nnUNetTrainerDALE, the others _paper
 TIMEOUT = 300  # seconds for the whole two-process run; a collective waits at most 90 s
 
 
@@ -102,7 +104,7 @@ def _worker(rank: int, folder: str, port: int, dataset_id: int) -> None:
     torch.set_num_threads(1)
     folder = Path(folder)
     inputs = torch.load(folder / "inputs.pt", weights_only=False)
-    classes = {"shipped": nnUNetTrainerDALE}
+    classes = dict.fromkeys(SHIPPED_CLASS, nnUNetTrainerDALE)
     trainers = {
         name: build_with(env, dataset_id, inputs["state"], classes.get(name, nnUNetTrainerDALE_paper))
         for name, env in CONFIGS.items()
@@ -153,6 +155,15 @@ def _worker(rank: int, folder: str, port: int, dataset_id: int) -> None:
         b = part(inputs["batch"], mine)
         outputs = [trainer.train_step(copy_batch(b)), trainer.train_step(nothing_fuzzy(b) if rank == 1 else b)]
         results["shipped"] = {"start": start, "ranks": gathered(trainer), "outputs": outputs}
+
+        for mode in FUSED:  # two updates on each rank's images, then one where rank 1 has nothing fuzzy
+            trainer = trainers[mode]
+            trainer.current_epoch = 999
+            start = flat_parameters(trainer)
+            b = part(inputs["batch"], mine)
+            outputs = [trainer.train_step(copy_batch(b)) for _ in range(2)]
+            outputs.append(trainer.train_step(nothing_fuzzy(b) if rank == 1 else copy_batch(b)))
+            results[mode] = {"start": start, "ranks": gathered(trainer), "outputs": outputs}
     except Exception as e:  # recorded for the tests (a desynchronised collective ends in gloo's timeout)
         results["error"] = f"{type(e).__name__}: {e}"
         raise
@@ -282,6 +293,19 @@ def test_ddp_shipped_single_update_keeps_ranks_identical(ddp_run):
         assert not torch.equal(res["ranks"][0], res["start"])
     assert results[1]["outputs"][1]["dale_fuzzy_fraction"] == 0 < results[0]["outputs"][1]["dale_fuzzy_fraction"]
     assert all(math.isfinite(o["dale_omega_moved"]) for res in results for o in res["outputs"])
+
+
+@pytest.mark.parametrize("mode", FUSED)
+def test_ddp_fused_omega_modes_keep_ranks_identical(ddp_run, mode):
+    """first_order takes v by autograd.grad before the update's backward on the DDP-wrapped graph: DDP must still
+    all-reduce the update (ranks with different images stay identical); stale reads the momentum buffer."""
+    results = results_of(ddp_run, mode)
+    for res in results:
+        assert torch.equal(res["ranks"][0], res["ranks"][1])
+        assert torch.isfinite(res["ranks"][0]).all() and not torch.equal(res["ranks"][0], res["start"])
+        learned = res["outputs"][1 if mode == "stale" else 0]  # stale: no momentum before the first update
+        assert 0 < learned["dale_omega_moved"] <= 1
+    assert results[1]["outputs"][2]["dale_fuzzy_fraction"] == 0 < results[0]["outputs"][2]["dale_fuzzy_fraction"]
 
 
 def test_ddp_rank_without_fuzzy_region_stays_in_step(ddp_run):

@@ -429,11 +429,11 @@ def test_degenerate_batches_in_every_mode(dataset_2d, batch, monkeypatch, mode, 
 # ------------------------------------------------------------------ 3D
 @pytest.fixture(scope="module")
 def dataset_3d(nnunet_dirs) -> int:
-    """A small 3D lesion dataset (32^3, 4 training cases), planned and preprocessed for 3d_fullres."""
+    """A small 3D lesion dataset (32^3, 6 training cases for nnU-Net's 5 folds), planned for 3d_fullres."""
     from nnunet_dale.benchmark_data import make_benchmark
     from nnunet_dale.inprocess import plan_and_preprocess
 
-    make_benchmark(nnunet_dirs["nnUNet_raw"], dataset_id=993, num_train=4, num_test=1, size=32, dims=3, seed=0)
+    make_benchmark(nnunet_dirs["nnUNet_raw"], dataset_id=993, num_train=6, num_test=1, size=32, dims=3, seed=0)
     plan_and_preprocess(993, ("3d_fullres",))
     return 993
 
