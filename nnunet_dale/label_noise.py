@@ -44,7 +44,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -61,7 +60,7 @@ from nnunet_dale.nnunet_env import warn_nnunet_pitfalls
 from nnunet_dale.raw_datasets import (
     ConversionError,
     check_id,
-    datasets_with_id,
+    claim_dataset_id,
     discard_work,
     find_dataset,
     link_or_copy,
@@ -345,22 +344,9 @@ def _check_target(out_root: Path, dataset_id: int, folder_name: str, source: Pat
     source_id = re.match(r"Dataset(\d{3})_", source.name)
     if source_id and int(source_id[1]) == dataset_id:
         raise ConversionError(f"the new dataset needs an id other than its source's ({dataset_id}, {source.name})")
-    existing = datasets_with_id(out_root, dataset_id)
-    if existing and not overwrite:
-        raise ConversionError(
-            f"dataset id {dataset_id} is already used by {', '.join(str(p) for p in existing)}: choose another id or "
-            "use --overwrite (overwrite=True in Python) to replace it"
-        )
+    existing = claim_dataset_id(out_root, dataset_id, folder_name, overwrite)
     if source.resolve() in [p.resolve() for p in existing]:
         raise ConversionError(f"the new dataset would replace its source {source}: choose another id")
-    for variable in ("nnUNet_preprocessed", "nnUNet_results"):
-        value = os.environ.get(variable)
-        others = [p for p in datasets_with_id(Path(value), dataset_id) if p.name != folder_name] if value else []
-        if others:
-            raise ConversionError(
-                f"dataset id {dataset_id} is used by {others[0]} ({variable}) under another name: nnU-Net would not "
-                f"know which dataset {dataset_id} is; remove that folder or choose another id"
-            )
     return existing
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "SPLITS_FILE",
     "ConversionError",
     "check_id",
+    "claim_dataset_id",
     "datasets_with_id",
     "discard_work",
     "find_dataset",
@@ -66,6 +67,26 @@ def datasets_with_id(folder: Path, dataset_id: int) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def claim_dataset_id(raw_root: Path, dataset_id: int, folder_name: str, overwrite: bool) -> list[Path]:
+    """The folders of `raw_root` a new dataset `folder_name` replaces (only with `overwrite`); an error if the id is
+    in use there without it, or under another name in nnUNet_preprocessed or nnUNet_results."""
+    existing = datasets_with_id(raw_root, dataset_id)
+    if existing and not overwrite:
+        raise ConversionError(
+            f"dataset id {dataset_id} is already used by {', '.join(str(p) for p in existing)}: "
+            "choose another id or use --overwrite (overwrite=True in Python) to replace it"
+        )
+    for variable in ("nnUNet_preprocessed", "nnUNet_results"):
+        value = os.environ.get(variable)
+        others = [p for p in datasets_with_id(Path(value), dataset_id) if p.name != folder_name] if value else []
+        if others:
+            raise ConversionError(
+                f"dataset id {dataset_id} is used by {others[0]} ({variable}) under another name: nnU-Net would not "
+                f"know which dataset {dataset_id} is; remove that folder or choose another id"
+            )
+    return existing
 
 
 def find_dataset(dataset: Path | str | int, raw_root: Path | str | None) -> Path:

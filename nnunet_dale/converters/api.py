@@ -36,6 +36,7 @@ from nnunet_dale.raw_datasets import (
     SPLITS_FILE,
     ConversionError,
     check_id,
+    claim_dataset_id,
     datasets_with_id,
     discard_work,
     remove,
@@ -107,20 +108,7 @@ def convert(
     folder_name = f"Dataset{dataset_id:03d}_{_check_name(dataset_name or converter.dataset_name, 'dataset name')}"
     raw_root = resolve_raw_root(raw_root)
     target = raw_root / folder_name
-    existing = datasets_with_id(raw_root, dataset_id)
-    if existing and not overwrite:
-        raise ConversionError(
-            f"dataset id {dataset_id} is already used by {', '.join(str(p) for p in existing)}: "
-            "choose another id or use --overwrite (overwrite=True in Python) to replace it"
-        )
-    for variable in ("nnUNet_preprocessed", "nnUNet_results"):
-        value = os.environ.get(variable)
-        others = [p for p in datasets_with_id(Path(value), dataset_id) if p.name != folder_name] if value else []
-        if others:
-            raise ConversionError(
-                f"dataset id {dataset_id} is used by {others[0]} ({variable}) under another name: nnU-Net would not "
-                f"know which dataset {dataset_id} is; remove that folder or choose another id"
-            )
+    existing = claim_dataset_id(raw_root, dataset_id, folder_name, overwrite)
 
     work = staging_dir(raw_root, f".tmp_{folder_name}_")
     try:
