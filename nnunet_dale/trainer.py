@@ -232,8 +232,6 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             return self.dale_loss(output, target, nonfuzzy_weights, nonfuzzy_weights, *dice_weights)
 
         with self._phase("omega"):
-            confidence = Confidence.neutral(split.fuzzy)
-            clean = torch.ones_like(split.fuzzy, dtype=torch.bool)  # without omega every fuzzy voxel counts as clean
             if learn_omega:
                 if cfg.omega_mode in FUSED_OMEGA_MODES:  # the single update's v: its own L_n gradient or momentum
                     gradient_n = self._direction(loss_n)
@@ -244,6 +242,9 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 if cfg.omega_shuffle:  # the control: each class keeps its omega values, at random voxels
                     confidence = shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
                 clean = confidence.clean
+            else:  # omega = 1, and every fuzzy voxel counts as clean (use_omega off, or omega_every's other iterations)
+                confidence = Confidence.neutral(split.fuzzy)
+                clean = torch.ones_like(split.fuzzy, dtype=torch.bool)
 
         # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
         with self._phase("alignment"):
