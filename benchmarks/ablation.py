@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
-from benchmarks.report import provenance, write_section
+from benchmarks.report import provenance, read_section, write_section
 from nnunet_dale.compare import DEFAULT_METRICS as METRICS
 from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p, load_run
 from nnunet_dale.compare.size_bins import format_size_table, size_breakdown
@@ -184,7 +184,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def data_file(args: argparse.Namespace) -> Path:
+    return Path(args.data or Path(args.results).parent / "data" / "ablation") / f"{args.key}.json"
+
+
+def check_section_is_this_studys(args: argparse.Namespace) -> None:
+    """Refuse, before any work, to overwrite a section of --results that another work folder (by name) wrote (an earlier
+    study under the same key): such a table is kept, and the new one needs a --tag."""
+    if read_section(Path(args.results), args.key) is None:
+        return
+    made = json.loads(data_file(args).read_text()).get("output") if data_file(args).is_file() else None
+    if made != Path(args.output).name:
+        raise SystemExit(
+            f"ablation.py: error: {args.results} already holds the section {args.key} from "
+            f"{made or 'an earlier study'}; pass --tag to write this study beside it"
+        )
+
+
 def run(args: argparse.Namespace) -> str:
+    check_section_is_this_studys(args)
     start = time.perf_counter()
     study = make_study(args)
     study.prepare()
@@ -239,9 +257,12 @@ def run(args: argparse.Namespace) -> str:
         ]
     )
     write_section(Path(args.results), args.key, text)
-    data = Path(args.data or Path(args.results).parent / "data" / "ablation") / f"{args.key}.json"
+    data = data_file(args)
     data.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"key": args.key, "command": command, "baseline": baseline, "runs": records, "size_bins": sizes}
+    payload = {
+        "key": args.key, "command": command, "output": Path(args.output).name, "baseline": baseline,
+        "runs": records, "size_bins": sizes,
+    }  # fmt: skip
     atomic_write(data, lambda f: f.write(json.dumps(payload, indent=1) + "\n"))
     return text
 

@@ -66,3 +66,23 @@ def test_size_shift_options_get_their_own_sections():
     ):
         with pytest.raises(SystemExit):
             ablation.parse_args([*bad, "--trainers", "a", "b"])
+
+
+def test_a_section_written_by_another_study_is_not_overwritten(tmp_path):
+    from benchmarks.report import write_section
+
+    results, data = tmp_path / "log.md", tmp_path / "data"
+    argv = ["--dataset", "benchmark", "--seed", "4", "--trainers", "a", "b", "--results", str(results)]
+    args = ablation.parse_args([*argv, "--data", str(data), "-o", str(tmp_path / "work")])
+    ablation.check_section_is_this_studys(args)  # no section yet
+    write_section(results, args.key, "an earlier study's table")
+    with pytest.raises(SystemExit, match="--tag"):  # a section without a data file: an earlier study's
+        ablation.check_section_is_this_studys(args)
+    data.mkdir()
+    (data / f"{args.key}.json").write_text(json.dumps({"output": "work"}))
+    ablation.check_section_is_this_studys(args)  # this study's own section: a resumed run rewrites it
+    (data / f"{args.key}.json").write_text(json.dumps({"output": "elsewhere"}))
+    with pytest.raises(SystemExit, match="from elsewhere"):
+        ablation.check_section_is_this_studys(args)
+    tagged = ablation.parse_args([*argv, "--data", str(data), "--tag", "new"])
+    ablation.check_section_is_this_studys(tagged)
