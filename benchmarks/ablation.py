@@ -39,6 +39,7 @@ import torch
 
 from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import provenance, read_section, write_section
+from benchmarks.trainers import add_study_trainers
 from nnunet_dale.compare import DEFAULT_METRICS as METRICS
 from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p, load_run
 from nnunet_dale.compare.size_bins import format_size_table, size_breakdown
@@ -56,7 +57,9 @@ def make_study(args: argparse.Namespace) -> Demo:
         settings = DemoSettings(
             dataset_id=992, num_train=50, num_test=20, seed=args.seed, baseline=baseline, dale=others[0]
         )
-        return Demo(args.output, settings)
+        demo = Demo(args.output, settings)
+        add_study_trainers(demo.env)
+        return demo
     source = SHARED_DATA / DATASETS[args.dataset][0]
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist (see ../shared/data/README.md)")

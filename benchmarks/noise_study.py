@@ -46,6 +46,7 @@ from benchmarks.ablation import training_minutes
 from benchmarks.real_data import DATASETS as REAL_DATASETS
 from benchmarks.real_data import SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import portable_path, write_section
+from benchmarks.trainers import add_study_trainers
 from nnunet_dale.cli import USER_ERRORS
 from nnunet_dale.demo import Demo, DemoError, DemoSettings, RawDatasetDemo
 from nnunet_dale.files import atomic_write, json_safe
@@ -356,6 +357,7 @@ class NoiseStudy:
         """The cell's pipeline, with its dataset made, planned and preprocessed."""
         if cell not in self._pipelines:
             demo = self._make_pipeline(cell)
+            add_study_trainers(demo.env)
             demo.prepare()
             self._pipelines[cell] = demo
         return self._pipelines[cell]

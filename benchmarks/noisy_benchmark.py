@@ -37,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     from benchmarks.report import provenance, write_section
     from benchmarks.time_to_accuracy import TABLE_HEADER, format_row, time_to_accuracy
+    from benchmarks.trainers import add_study_trainers
 
     settings = DemoSettings(
         dataset_id=992, num_train=args.train, num_test=args.test, seed=args.seed,
@@ -44,6 +45,7 @@ def main() -> None:
     )  # fmt: skip
     start = time.perf_counter()
     demo = Demo(Path(args.output), settings)
+    add_study_trainers(demo.env)
     demo.prepare()
     runs = demo.run_folds(args.folds)
     results = demo.out / "nnUNet_results" / demo.dataset.name

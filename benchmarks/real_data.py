@@ -34,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.trainers import add_study_trainers, study_trainers
 from nnunet_dale import variants
 from nnunet_dale.cli import USER_ERRORS
 from nnunet_dale.converters import convert, get_converter
@@ -70,6 +71,7 @@ class RealDataBenchmark(RawDatasetDemo):
         self.data = data
         folder_name = f"Dataset{DATASETS[data.name][1]:03d}_{get_converter(data.name).dataset_name}"
         super().__init__(out_dir, Path(out_dir) / "nnUNet_raw" / folder_name, settings)
+        add_study_trainers(self.env)
 
     def make_dataset(self) -> Path:
         d = self.data
@@ -133,7 +135,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def schedule(baseline: str, dale: str) -> str:
     """'A / B, E epochs x I iterations' read from the trainer classes (which must share their schedule)."""
-    a, b = getattr(variants, baseline), getattr(variants, dale)
+    a, b = (getattr(study_trainers, name, None) or getattr(variants, name) for name in (baseline, dale))
     lengths = (a.epochs, a.iterations, a.val_iterations)
     if lengths != (b.epochs, b.iterations, b.val_iterations):
         raise DemoError(f"{baseline} and {dale} have different schedules")

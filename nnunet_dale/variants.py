@@ -1,5 +1,7 @@
 """Variants of nnUNetTrainerDALE in nnU-Net's manner: one idea each, named after it (the class name is part of the
 result folder's name). Ablations follow Table 4 of the paper; schedules shorten training for quick runs and tests.
+The study's own trainers (the validity study's screens and controls, the `_bench` twins on its CPU schedule) live in
+benchmarks/trainers/, outside the package.
 """
 
 from __future__ import annotations
@@ -14,73 +16,34 @@ from nnunet_dale.robust_loss import DEFAULT_Q, GeneralisedCrossEntropy
 from nnunet_dale.trainer import nnUNetTrainerDALE
 
 __all__ = [
-    "nnUNetTrainer_bench",
-    "nnUNetTrainer_benchSameTime",
-    "nnUNetTrainer_benchShippedTime",
+    "Schedule",
     "nnUNetTrainer_demo",
     "nnUNetTrainer_finetune",
     "nnUNetTrainer_GCE",
-    "nnUNetTrainer_GCE_bench",
     "nnUNetTrainer_quick",
     "nnUNetTrainerDALE_100epochs",
     "nnUNetTrainerDALE_250epochs",
     "nnUNetTrainerDALE_50epochs",
     "nnUNetTrainerDALE_5epochs",
     "nnUNetTrainerDALE_AEonly",
-    "nnUNetTrainerDALE_AEonly_bench",
-    "nnUNetTrainerDALE_allFixes",
-    "nnUNetTrainerDALE_allFixes_bench",
-    "nnUNetTrainerDALE_allFixes_bench100epochs",
-    "nnUNetTrainerDALE_bench",
     "nnUNetTrainerDALE_bottleneck",
     "nnUNetTrainerDALE_demo",
     "nnUNetTrainerDALE_ERonly",
-    "nnUNetTrainerDALE_ERonly_bench",
     "nnUNetTrainerDALE_fast",
-    "nnUNetTrainerDALE_fast_bench",
     "nnUNetTrainerDALE_finetune",
     "nnUNetTrainerDALE_finetune_quick",
     "nnUNetTrainerDALE_firstOrder",
-    "nnUNetTrainerDALE_firstOrder_bench",
     "nnUNetTrainerDALE_firstOrderJVP",
-    "nnUNetTrainerDALE_firstOrderJVP_bench",
-    "nnUNetTrainerDALE_imageDice",
-    "nnUNetTrainerDALE_imageDice_bench",
     "nnUNetTrainerDALE_noLW",
-    "nnUNetTrainerDALE_noLW_bench",
     "nnUNetTrainerDALE_noOmega",
-    "nnUNetTrainerDALE_noOmega_bench",
     "nnUNetTrainerDALE_omegaEvery4",
-    "nnUNetTrainerDALE_omegaEvery4_bench",
-    "nnUNetTrainerDALE_omegaMedian",
-    "nnUNetTrainerDALE_omegaMedian_bench",
-    "nnUNetTrainerDALE_omegaNorm",
-    "nnUNetTrainerDALE_omegaNorm_bench",
-    "nnUNetTrainerDALE_omegaShuffled",
-    "nnUNetTrainerDALE_omegaShuffled_bench",
     "nnUNetTrainerDALE_paper",
-    "nnUNetTrainerDALE_paper_bench",
     "nnUNetTrainerDALE_quick",
-    "nnUNetTrainerDALE_realImage",
-    "nnUNetTrainerDALE_realImage_bench",
-    "nnUNetTrainerDALE_singleUpdate",
-    "nnUNetTrainerDALE_singleUpdate_bench",
-    "nnUNetTrainerDALE_splitPatches",
-    "nnUNetTrainerDALE_splitPatches_bench",
     "nnUNetTrainerDALE_staleOmega",
-    "nnUNetTrainerDALE_staleOmega_bench",
-    "nnUNetTrainerDALE_stableLW",
-    "nnUNetTrainerDALE_stableLW_bench",
-    "nnUNetTrainerDALE_strongOmega",
-    "nnUNetTrainerDALE_strongOmega_bench",
-    "nnUNetTrainerDALE_twoSteps",
-    "nnUNetTrainerDALE_twoSteps_bench",
-    "nnUNetTrainerDALE_warmup",
-    "nnUNetTrainerDALE_warmup_bench",
 ]
 
 
-class _Schedule:
+class Schedule:
     """Mixin setting nnU-Net's epoch count and iterations per epoch; place before the trainer class."""
 
     epochs: int = 1000
@@ -101,88 +64,11 @@ class _Schedule:
         self.num_val_iterations_per_epoch = self.val_iterations
 
 
-# --- the validity study (docs/results.md, "Making DALE help"): the literal reading and one fix per class
+# --- the paper's literal reading, for comparison (docs/method.md, "What the shipped trainer changes and why")
 class nnUNetTrainerDALE_paper(nnUNetTrainerDALE):
     """The paper's literal reading (Eq. 3-15 and Algorithm 1 as docs/method.md reads them), as shipped until 0.1."""
 
     dale_defaults = dict(PAPER)
-
-
-class nnUNetTrainerDALE_splitPatches(nnUNetTrainerDALE):
-    """The split patch scales with the image: 16 patches per side of the network patch (the paper's 14-22)."""
-
-    dale_defaults = {**PAPER, "split_patches": 16}
-
-
-class nnUNetTrainerDALE_stableLW(nnUNetTrainerDALE):
-    """L_W that cannot dominate: W^2 per class over its target trace, classes with >= 4x the feature dimension in
-    weight, running target Gaussians (momentum 0.9)."""
-
-    dale_defaults = {**PAPER, "lw_scale": "trace", "min_class_mass_per_dim": 4.0, "target_momentum": 0.9}
-
-
-class nnUNetTrainerDALE_omegaNorm(nnUNetTrainerDALE):
-    """Scale-free omega: hypergradient centred per class and RMS-normalised before Adam; clean/noisy beyond 0.05."""
-
-    dale_defaults = {**PAPER, "omega_normalise": True, "clean_threshold": 0.05}
-
-
-class nnUNetTrainerDALE_singleUpdate(nnUNetTrainerDALE):
-    """One optimiser update per iteration on (L_n + L_f) / 2, omega looking ahead from the current weights."""
-
-    dale_defaults = {**PAPER, "single_update": True}
-
-
-class nnUNetTrainerDALE_realImage(nnUNetTrainerDALE):
-    """The passes see the real image; the region masks act as loss weights only."""
-
-    dale_defaults = {**PAPER, "mask_input": False}
-
-
-class nnUNetTrainerDALE_warmup(nnUNetTrainerDALE):
-    """The first 10 % of epochs are plain nnU-Net steps."""
-
-    dale_defaults = {**PAPER, "warmup_fraction": 0.1}
-
-
-class nnUNetTrainerDALE_allFixes(nnUNetTrainerDALE):
-    """Every fix above together (config.SHIPPED): the study's name of nnUNetTrainerDALE's configuration."""
-
-    dale_defaults = dict(SHIPPED)
-
-
-# --- the validity study's second round: one change each to the shipped configuration
-class nnUNetTrainerDALE_twoSteps(nnUNetTrainerDALE):
-    """The shipped configuration with Algorithm 1's two alternating optimiser steps instead of the single update."""
-
-    dale_defaults = {**SHIPPED, "single_update": False}
-
-
-class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
-    """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean."""
-
-    dale_defaults = {**SHIPPED, "omega_centre": "median"}
-
-
-class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
-    """The shipped configuration with one Dice over the whole image in the single update (voxels weighted by omega)
-    instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there."""
-
-    dale_defaults = {**SHIPPED, "dice_scope": "image"}
-
-
-class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
-    """A control for the shipped configuration: omega* permuted at random among each class's fuzzy voxels in the
-    batch, so it keeps its values per class but carries no per-voxel label confidence."""
-
-    dale_defaults = {**SHIPPED, "omega_shuffle": True}
-
-
-class nnUNetTrainerDALE_strongOmega(nnUNetTrainerDALE):
-    """The shipped configuration with omega's Adam learning rate tripled (0.3): with the normalised hypergradient a
-    one-step omega is ~1 -+ lr per voxel, so its label confidence spans 0.7-1.3 instead of 0.9-1.1."""
-
-    dale_defaults = {**SHIPPED, "omega_lr": 0.3}
 
 
 # --- ablations (Table 4) of the shipped configuration
@@ -253,176 +139,50 @@ class nnUNetTrainerDALE_omegaEvery4(nnUNetTrainerDALE):
 
 
 # --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)
-class nnUNetTrainerDALE_5epochs(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_5epochs(Schedule, nnUNetTrainerDALE):
     epochs = 5
 
 
-class nnUNetTrainerDALE_50epochs(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_50epochs(Schedule, nnUNetTrainerDALE):
     epochs = 50
 
 
-class nnUNetTrainerDALE_100epochs(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_100epochs(Schedule, nnUNetTrainerDALE):
     epochs = 100
 
 
-class nnUNetTrainerDALE_250epochs(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_250epochs(Schedule, nnUNetTrainerDALE):
     epochs = 250
 
 
-class _Bench(_Schedule):
-    """The longer benchmark's and the validity study's CPU schedule: 40 epochs x 25 iterations (10 validation)."""
-
-    epochs, iterations, val_iterations = 40, 25, 10
-
-
-class _BenchShippedTime(_Schedule):
-    """The study's schedule for the shipped DALE's wall time: 100 epochs x 25 iterations (10 validation)."""
-
-    epochs, iterations, val_iterations = 100, 25, 10
-
-
 # --- the demo's schedule (nnunet-dale demo): both trainers see the same batches count
-class nnUNetTrainer_demo(_Schedule, nnUNetTrainer):
+class nnUNetTrainer_demo(Schedule, nnUNetTrainer):
     """Default nnU-Net with the demo's short CPU schedule."""
 
     epochs, iterations, val_iterations = 25, 25, 10
 
 
-class nnUNetTrainerDALE_demo(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_demo(Schedule, nnUNetTrainerDALE):
     """DALE with the demo's short CPU schedule."""
 
     epochs, iterations, val_iterations = 25, 25, 10
 
 
-# --- the longer benchmark's schedule (benchmarks/noisy_benchmark.py)
-class nnUNetTrainer_bench(_Bench, nnUNetTrainer):
-    """Default nnU-Net with the longer benchmark's CPU schedule."""
-
-
-class nnUNetTrainer_benchSameTime(_Schedule, nnUNetTrainer):
-    """Default nnU-Net given the literal reading's wall time on the benchmark schedule: 140 epochs x 25 iterations
-    (its 40-epoch run took 3.5x the default's on the ISIC 2017 subset at 64 px, docs/results.md)."""
-
-    epochs, iterations, val_iterations = 140, 25, 10
-
-
-class nnUNetTrainer_benchShippedTime(_BenchShippedTime, nnUNetTrainer):
-    """Default nnU-Net given the shipped DALE's wall time on the benchmark schedule: 100 epochs x 25 iterations
-    (its 40-epoch runs took 2.3-2.8x the default's alone on the machine, median 2.4x, docs/results.md)."""
-
-
-class nnUNetTrainerDALE_bench(_Bench, nnUNetTrainerDALE):
-    """DALE with the longer benchmark's CPU schedule."""
-
-
-class nnUNetTrainerDALE_paper_bench(_Bench, nnUNetTrainerDALE_paper):
-    pass
-
-
-class nnUNetTrainerDALE_splitPatches_bench(_Bench, nnUNetTrainerDALE_splitPatches):
-    pass
-
-
-class nnUNetTrainerDALE_stableLW_bench(_Bench, nnUNetTrainerDALE_stableLW):
-    pass
-
-
-class nnUNetTrainerDALE_omegaNorm_bench(_Bench, nnUNetTrainerDALE_omegaNorm):
-    pass
-
-
-class nnUNetTrainerDALE_singleUpdate_bench(_Bench, nnUNetTrainerDALE_singleUpdate):
-    pass
-
-
-class nnUNetTrainerDALE_realImage_bench(_Bench, nnUNetTrainerDALE_realImage):
-    pass
-
-
-class nnUNetTrainerDALE_warmup_bench(_Bench, nnUNetTrainerDALE_warmup):
-    pass
-
-
-class nnUNetTrainerDALE_allFixes_bench(_Bench, nnUNetTrainerDALE_allFixes):
-    pass
-
-
-class nnUNetTrainerDALE_allFixes_bench100epochs(_BenchShippedTime, nnUNetTrainerDALE_allFixes):
-    """The shipped configuration with default nnU-Net's `_benchShippedTime` length (100 epochs x 25 iterations): does
-    DALE's lead hold when training is long enough for default nnU-Net to fit the label noise?"""
-
-
-class nnUNetTrainerDALE_twoSteps_bench(_Bench, nnUNetTrainerDALE_twoSteps):
-    pass
-
-
-class nnUNetTrainerDALE_omegaMedian_bench(_Bench, nnUNetTrainerDALE_omegaMedian):
-    pass
-
-
-class nnUNetTrainerDALE_imageDice_bench(_Bench, nnUNetTrainerDALE_imageDice):
-    pass
-
-
-class nnUNetTrainerDALE_omegaShuffled_bench(_Bench, nnUNetTrainerDALE_omegaShuffled):
-    pass
-
-
-class nnUNetTrainerDALE_strongOmega_bench(_Bench, nnUNetTrainerDALE_strongOmega):
-    pass
-
-
-class nnUNetTrainerDALE_noOmega_bench(_Bench, nnUNetTrainerDALE_noOmega):
-    pass
-
-
-class nnUNetTrainerDALE_AEonly_bench(_Bench, nnUNetTrainerDALE_AEonly):
-    pass
-
-
-class nnUNetTrainerDALE_ERonly_bench(_Bench, nnUNetTrainerDALE_ERonly):
-    pass
-
-
-class nnUNetTrainerDALE_noLW_bench(_Bench, nnUNetTrainerDALE_noLW):
-    pass
-
-
-class nnUNetTrainerDALE_fast_bench(_Bench, nnUNetTrainerDALE_fast):
-    pass
-
-
-class nnUNetTrainerDALE_firstOrder_bench(_Bench, nnUNetTrainerDALE_firstOrder):
-    pass
-
-
-class nnUNetTrainerDALE_firstOrderJVP_bench(_Bench, nnUNetTrainerDALE_firstOrderJVP):
-    pass
-
-
-class nnUNetTrainerDALE_staleOmega_bench(_Bench, nnUNetTrainerDALE_staleOmega):
-    pass
-
-
-class nnUNetTrainerDALE_omegaEvery4_bench(_Bench, nnUNetTrainerDALE_omegaEvery4):
-    pass
-
-
 # --- tiny schedules for smoke tests, with a default-nnU-Net twin of the same length
-class nnUNetTrainer_quick(_Schedule, nnUNetTrainer):
+class nnUNetTrainer_quick(Schedule, nnUNetTrainer):
     """Default nnU-Net, 2 epochs x 10 iterations (5 validation iterations)."""
 
     epochs, iterations, val_iterations = 2, 10, 5
 
 
-class nnUNetTrainerDALE_quick(_Schedule, nnUNetTrainerDALE):
+class nnUNetTrainerDALE_quick(Schedule, nnUNetTrainerDALE):
     """DALE, 2 epochs x 10 iterations (5 validation iterations)."""
 
     epochs, iterations, val_iterations = 2, 10, 5
 
 
 # --- fine-tuning from pretrained weights (-pretrained_weights, docs/finetuning.md): shorter, lower initial lr
-class _FineTune(_Schedule):
+class _FineTune(Schedule):
     """Schedule mixin for fine-tuning: 50 epochs and a 10x lower initial learning rate (1e-3 instead of 1e-2), so the
     first steps of the poly schedule do not wash out the pretrained weights; place before the trainer class."""
 
@@ -472,7 +232,3 @@ class nnUNetTrainer_GCE(nnUNetTrainer):
             raise RuntimeError(f"{type(self).__name__} expected nnU-Net's DC_and_CE_loss, got {type(inner).__name__}")
         inner.ce = GeneralisedCrossEntropy(self.gce_q, ignore_index=self.label_manager.ignore_label)
         return loss
-
-
-class nnUNetTrainer_GCE_bench(_Bench, nnUNetTrainer_GCE):
-    """nnUNetTrainer_GCE on the study's CPU schedule (40 epochs x 25 iterations, as nnUNetTrainer_bench)."""

@@ -8,6 +8,13 @@ import pytest
 import torch
 from test_confidence import TinyNet
 
+from benchmarks.trainers.study_trainers import (
+    nnUNetTrainerDALE_imageDice,
+    nnUNetTrainerDALE_omegaShuffled,
+    nnUNetTrainerDALE_realImage,
+    nnUNetTrainerDALE_singleUpdate,
+    nnUNetTrainerDALE_strongOmega,
+)
 from nnunet_dale.alignment import ClassGaussians, alignment_loss, class_gaussians, pooled_gaussians
 from nnunet_dale.confidence import (
     Confidence,
@@ -19,15 +26,8 @@ from nnunet_dale.confidence import (
 )
 from nnunet_dale.config import SHIPPED, DALEConfig, DALEConfigError, load_config, patches_per_side, resolve_patch_size
 from nnunet_dale.split import fuzzy_split
-from nnunet_dale.variants import (
-    nnUNetTrainerDALE_allFixes,
-    nnUNetTrainerDALE_imageDice,
-    nnUNetTrainerDALE_omegaShuffled,
-    nnUNetTrainerDALE_paper,
-    nnUNetTrainerDALE_realImage,
-    nnUNetTrainerDALE_singleUpdate,
-    nnUNetTrainerDALE_strongOmega,
-)
+from nnunet_dale.trainer import nnUNetTrainerDALE
+from nnunet_dale.variants import nnUNetTrainerDALE_paper
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE, weight_pyramid
 
 from conftest import build, copy_batch
@@ -317,7 +317,7 @@ def test_image_dice_update_is_the_regions_ce_plus_nnunets_own_dice(dataset_2d, b
     monkeypatch.setenv("NNUNET_DALE_USE_OMEGA", "0")
     monkeypatch.setenv("NNUNET_DALE_USE_ALIGNMENT", "0")
     torch.manual_seed(0)
-    trainers = [build(cls, dataset_2d) for cls in (nnUNetTrainerDALE_imageDice, nnUNetTrainerDALE_allFixes)]
+    trainers = [build(cls, dataset_2d) for cls in (nnUNetTrainerDALE_imageDice, nnUNetTrainerDALE)]
     twin = build(nnUNetTrainerDALE_imageDice, dataset_2d)
     for t in trainers:
         t.network.load_state_dict(twin.network.state_dict())
@@ -382,7 +382,7 @@ def test_shuffled_variant_trains_on_the_shuffled_omega(dataset_2d, batch, monkey
 
 def test_warmup_step_is_nnunets_own_and_logs_no_dale_statistics(dataset_2d, batch):
     torch.manual_seed(0)
-    dale = build(nnUNetTrainerDALE_allFixes, dataset_2d)
+    dale = build(nnUNetTrainerDALE, dataset_2d)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     plain = build(nnUNetTrainer, dataset_2d)
@@ -399,7 +399,7 @@ def test_warmup_step_is_nnunets_own_and_logs_no_dale_statistics(dataset_2d, batc
 
 
 def test_shipped_step_logs_diagnostics_that_match_their_definitions(dataset_2d, batch):
-    trainer = build(nnUNetTrainerDALE_allFixes, dataset_2d)
+    trainer = build(nnUNetTrainerDALE, dataset_2d)
     trainer.current_epoch = 100
     records = {}
     confidence = trainer._confidence
@@ -472,18 +472,20 @@ def test_a_configured_patch_size_wins_over_the_shipped_patches_per_side():
 
 
 def test_every_bench_twin_is_its_idea_on_the_study_schedule():
-    """A `_bench` trainer is its idea (the class named without `_bench`) on the study's 40 x 25 schedule (10
-    validation iterations); a twin built on the wrong base would train another idea under the idea's name."""
+    """A `_bench` trainer is its idea (the class named without `_bench`, a study trainer or the package's) on the
+    study's 40 x 25 schedule (10 validation iterations); a twin built on the wrong base would train another idea under
+    the idea's name. The package itself holds no study trainer."""
+    from benchmarks.trainers import study_trainers
     from nnunet_dale import variants
-    from nnunet_dale.trainer import nnUNetTrainerDALE
 
-    twins = [n for n in variants.__all__ if n.startswith("nnUNetTrainerDALE") and n.endswith("_bench")]
+    assert [n for n in variants.__all__ if "bench" in n] == []
+    twins = [n for n in study_trainers.__all__ if n.startswith("nnUNetTrainerDALE") and n.endswith("_bench")]
     assert {"nnUNetTrainerDALE_bench", "nnUNetTrainerDALE_AEonly_bench", "nnUNetTrainerDALE_ERonly_bench"} <= set(twins)
     for name in twins:
-        twin = getattr(variants, name)
-        idea = nnUNetTrainerDALE if name == "nnUNetTrainerDALE_bench" else getattr(variants, name[: -len("_bench")])
+        twin, idea_name = getattr(study_trainers, name), name[: -len("_bench")]
+        idea = nnUNetTrainerDALE if name == "nnUNetTrainerDALE_bench" else None
+        idea = idea or getattr(study_trainers, idea_name, None) or getattr(variants, idea_name)
         assert issubclass(twin, idea) and twin.dale_defaults == idea.dale_defaults, name
         assert (twin.epochs, twin.iterations, twin.val_iterations) == (40, 25, 10), name
-    for longer in (variants.nnUNetTrainerDALE_allFixes_bench100epochs, variants.nnUNetTrainer_benchShippedTime):
-        assert (longer.epochs, longer.iterations, longer.val_iterations) == (100, 25, 10), longer.__name__
-    assert variants.nnUNetTrainerDALE_allFixes_bench100epochs.dale_defaults == SHIPPED
+    longer = study_trainers.nnUNetTrainer_benchShippedTime
+    assert (longer.epochs, longer.iterations, longer.val_iterations) == (100, 25, 10)
