@@ -207,8 +207,9 @@ def direction_agreement(configuration: str, steps: int, lookahead: int) -> dict:
             / (sum(float(t.pow(2).sum()) for t in a.values()) * sum(float(t.pow(2).sum()) for t in b.values())) ** 0.5
         )
 
-    def probe(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n=None, transform=None):
-        fast = shipped(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
+    def probe(x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n=None):
+        fast = shipped(x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n)
+        transform = trainer._omega_transform(split, membership)
         module = unwrap(trainer.network)
         params = {n: p for n, p in module.named_parameters() if p.requires_grad}
         forward = functional_forward(module)
@@ -260,8 +261,9 @@ def fused_agreement(configuration: str, steps: int, lookahead: int, modes: tuple
     agreement = Agreement()
     step = [0]
 
-    def probe(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n=None, transform=None):
-        exact = shipped(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform)
+    def probe(x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n=None):
+        exact = shipped(x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n)
+        transform = trainer._omega_transform(split, membership)
         for mode in (m for m in modes if m in FUSED):
             trainer.dale_config = cfg.replace(omega_mode=mode)
             try:

@@ -40,7 +40,6 @@ from nnunet_dale.confidence import (
     functional_forward,
     learn_confidence,
     normalised_hypergradient,
-    shuffled_within_classes,
 )
 from nnunet_dale.config import (
     ALLOW_CONFIG_CHANGE,
@@ -49,6 +48,7 @@ from nnunet_dale.config import (
     DALEConfig,
     DALEConfigError,
     load_config,
+    read_record,
     resolve_patch_size,
     split_options,
 )
@@ -129,8 +129,9 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.dale_config: DALEConfig = config
         self.dale_patch_size = split_patch
-        self.logger.local_logger = DALELocalLogger(config.to_dict())
-        self.logger.update_config({"dale": config.to_dict(), "dale_patch_size": list(self.dale_patch_size)})
+        record = self.dale_record()
+        self.logger.local_logger = DALELocalLogger(record)
+        self.logger.update_config({"dale": record, "dale_patch_size": list(self.dale_patch_size)})
         self.dale_loss: nn.Module | None = None
         self.feature_tap: FeatureTap | None = None
         self.dale_fallbacks: Counter[str] = Counter()  # fallbacks this epoch, logged and reset at its end
@@ -140,7 +141,12 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         self.dale_resumed = False  # set by load_checkpoint (--c): then the result folder is this run's own
         self.phase_times: dict[str, float] | None = None  # benchmarks/step_cost.py sets a dict to time the phases
         self.dale_iterations = 0  # DALE iterations since this process started (omega_every counts them)
-        self.print_to_log_file(f"DALE configuration: {config.to_dict()}, split patch size {self.dale_patch_size}")
+        self.print_to_log_file(f"DALE configuration: {record}, split patch size {self.dale_patch_size}")
+
+    def dale_record(self) -> dict[str, Any]:
+        """The DALE settings this trainer records (log, debug.json, checkpoints) and a resume must match: its
+        configuration. A trainer that changes the step outside it (the study's, benchmarks/trainers/) adds its own."""
+        return self.dale_config.to_dict()
 
     # ------------------------------------------------------------------ set-up
     def initialize(self):
@@ -235,12 +241,9 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             if learn_omega:
                 if cfg.omega_mode in FUSED_OMEGA_MODES:  # the single update's v: its own L_n gradient or momentum
                     gradient_n = self._direction(loss_n)
-                transform = self._omega_transform(split, membership)
                 confidence = self._confidence(
-                    x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform
+                    x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n
                 )
-                if cfg.omega_shuffle:  # the control: each class keeps its omega values, at random voxels
-                    confidence = shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
                 clean = confidence.clean
             else:  # omega = 1, and every fuzzy voxel counts as clean (use_omega off, or omega_every's other iterations)
                 confidence = Confidence.neutral(split.fuzzy)
@@ -290,15 +293,16 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""
         return fuzzy_split(data, full_target, self.dale_patch_size, **split_options(self.dale_config))
 
-    def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor):
-        """omega_normalise: the hypergradient centred per class (omega_centre) and RMS-scaled over the fuzzy voxels."""
+    def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor, centre: str = "mean"):
+        """omega_normalise: the hypergradient centred per class (on its mean, or its weighted "median") and RMS-scaled
+        over the fuzzy voxels."""
         if not self.dale_config.omega_normalise:
             return None
         partition = self._partition(membership)
-        return lambda g: normalised_hypergradient(g, split.fuzzy, partition, self.dale_config.omega_centre)
+        return lambda g: normalised_hypergradient(g, split.fuzzy, partition, centre)
 
     def _partition(self, membership: torch.Tensor) -> torch.Tensor:
-        """The classes omega is normalised and shuffled within: the labels, or (background, foreground) for regions."""
+        """The classes omega is normalised within: the labels, or (background, foreground) for regions."""
         return self._bg_fg(membership) if self.label_manager.has_regions else membership
 
     def _membership(self, full_target: torch.Tensor) -> torch.Tensor:
@@ -407,14 +411,14 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 yield tap
 
     def _confidence(
-        self, x_f, x_n, output_f, split: FuzzySplit, fuzzy_loss, nonfuzzy_loss, gradient_n=None, transform=None
+        self, x_f, x_n, output_f, split: FuzzySplit, membership, fuzzy_loss, nonfuzzy_loss, gradient_n=None
     ) -> Confidence:
-        """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast; `transform`
-        maps the hypergradient before Adam (omega_normalise)."""
-        cfg = self.dale_config
+        """omega* (Eq. 8-11) on the unwrapped network, locally (no DDP sync), in fp32 outside autocast; the
+        hypergradient goes through `_omega_transform` (omega_normalise) before Adam."""
+        transform = self._omega_transform(split, membership)
         return dataclasses.replace(
             self._lookahead(x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform),
-            threshold=cfg.clean_threshold,
+            threshold=self.dale_config.clean_threshold,
         )
 
     def _lookahead(self, x_f, x_n, output_f, split, fuzzy_loss, nonfuzzy_loss, gradient_n, transform) -> Confidence:
@@ -530,7 +534,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             self._refuse(
                 f"this checkpoint was written under a different DALE configuration ({changed}). Resume with the same "
                 f"settings, or set {ALLOW_CONFIG_CHANGE}=1 to continue with the current ones "
-                f"({self.dale_config.to_dict()})."
+                f"({self.dale_record()})."
             )
         super().load_checkpoint(filename_or_checkpoint)
         self.dale_resumed = True
@@ -573,13 +577,13 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         raise DALEConfigError(message)
 
     def _config_changes(self, checkpoint: dict) -> str | None:
-        """How a checkpoint's DALE configuration differs from this trainer's (None: the same). Fields an older
-        checkpoint lacks count with the value they had then (the dataclass default)."""
+        """How a checkpoint's DALE settings differ from this trainer's record (None: the same), read in this
+        version's fields (`config.read_record`: an older checkpoint's missing and retired fields)."""
         saved = checkpoint.get("logging", {}).get(CONFIG_KEY)
         if saved is None:
             return "none: not a DALE checkpoint"
-        saved = {**DALEConfig().to_dict(), **saved}
-        current = self.dale_config.to_dict()
+        saved = read_record(saved)
+        current = self.dale_record()
         changed = sorted(k for k in set(current) | set(saved) if saved.get(k) != current.get(k))
         return ("changed: " + ", ".join(changed)) if changed else None
 

@@ -245,3 +245,62 @@ def test_a_fresh_start_refuses_to_overwrite_a_run_with_other_settings(dataset_2d
     assert paper._config_changes(saved) is None
     assert "single_update" in build(nnUNetTrainerDALE, dataset_2d)._config_changes(saved)
     checkpoint.unlink()
+
+
+# nnUNetTrainerDALE's configuration as version 0.2.0 wrote it into checkpoint["logging"]["_dale_config"]
+V02_SHIPPED = {
+    "tau": 0.9, "alpha": 0.05, "lookahead_steps": 1, "omega_lr": 0.1, "patch_size": None, "entropy_bins": 32,
+    "use_entropy": True, "use_edges": True, "use_omega": True, "use_alignment": True, "omega_mode": "exact",
+    "feature_site": "head", "cov_perturbation": 0.01, "ridge": 0.0001, "min_class_mass": 8.0, "split_patches": 16,
+    "lw_scale": "trace", "min_class_mass_per_dim": 4.0, "target_momentum": 0.9, "omega_normalise": True,
+    "clean_threshold": 0.05, "single_update": True, "mask_input": False, "warmup_fraction": 0.1,
+}  # fmt: skip
+# ... and as 0.2's later commits wrote it, with the study's fields (omega_centre and omega_shuffle retired since)
+V02_SHIPPED_LATER = {**V02_SHIPPED, "omega_every": 1, "omega_centre": "mean", "dice_scope": "region",
+                     "omega_shuffle": False}  # fmt: skip
+
+
+def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others(dataset_2d, monkeypatch, tmp_path):
+    """A checkpoint as 0.2 wrote it (its configuration record written out above; weights and optimiser state from a
+    fresh trainer) resumes under the settings it was written with, also where a retired field (omega_shuffle) now
+    lives in a study trainer, and is refused under any other with one line naming the changed fields."""
+    from benchmarks.trainers.study_trainers import nnUNetTrainerDALE_omegaShuffled
+
+    path = tmp_path / "checkpoint_latest.pth"
+    build(nnUNetTrainerDALE, dataset_2d).save_checkpoint(str(path))
+    checkpoint = torch.load(path, weights_only=False)
+
+    def written_by_0_2(record: dict) -> str:
+        checkpoint["logging"]["_dale_config"] = record
+        torch.save(checkpoint, path)
+        return str(path)
+
+    shuffled = {**V02_SHIPPED_LATER, "omega_shuffle": True}
+    for cls, record in [
+        (nnUNetTrainerDALE, V02_SHIPPED),
+        (nnUNetTrainerDALE, V02_SHIPPED_LATER),
+        (nnUNetTrainerDALE_omegaShuffled, shuffled),
+    ]:
+        trainer = build(cls, dataset_2d)
+        trainer.load_checkpoint(written_by_0_2(record))
+        assert trainer.dale_resumed, (cls.__name__, record)
+    refused = [
+        (nnUNetTrainerDALE, shuffled, {}, "omega_shuffle"),
+        (nnUNetTrainerDALE_omegaShuffled, V02_SHIPPED, {}, "omega_shuffle"),
+        (nnUNetTrainerDALE_noOmega, V02_SHIPPED_LATER, {}, "use_omega"),
+        (nnUNetTrainerDALE, V02_SHIPPED, {"NNUNET_DALE_TAU": "0.8"}, "tau"),
+        (nnUNetTrainerDALE_paper, V02_SHIPPED, {}, "clean_threshold, lw_scale, mask_input, min_class_mass_per_dim, "
+         "omega_normalise, single_update, split_patches, target_momentum, warmup_fraction"),
+    ]  # fmt: skip
+    for cls, record, environ, changed in refused:
+        with monkeypatch.context() as m:
+            for name, value in environ.items():
+                m.setenv(name, value)
+            trainer = build(cls, dataset_2d)
+            with pytest.raises(DALEConfigError) as error:
+                trainer.load_checkpoint(written_by_0_2(record))
+        message = str(error.value)
+        assert message.startswith(
+            f"this checkpoint was written under a different DALE configuration (changed: {changed})"
+        )
+        assert "\n" not in message and not trainer.dale_resumed

@@ -10,6 +10,7 @@ from test_confidence import TinyNet
 
 from benchmarks.trainers.study_trainers import (
     nnUNetTrainerDALE_imageDice,
+    nnUNetTrainerDALE_omegaMedian,
     nnUNetTrainerDALE_omegaShuffled,
     nnUNetTrainerDALE_realImage,
     nnUNetTrainerDALE_singleUpdate,
@@ -269,11 +270,9 @@ def test_config_rejects_bad_fix_settings():
         {"target_momentum": 1.0},
         {"warmup_fraction": 1.0},
         {"clean_threshold": -0.1},
-        {"omega_centre": "mode"},
         {"single_update": True, "omega_mode": "fast"},
         {"dice_scope": "batch"},
         {"dice_scope": "image"},  # the image Dice belongs to the single update
-        {"omega_shuffle": True, "use_omega": False},
     ):
         with pytest.raises(DALEConfigError):
             DALEConfig(**bad)
@@ -369,8 +368,9 @@ def test_shuffled_variant_trains_on_the_shuffled_omega(dataset_2d, batch, monkey
         update = torch.full_like(confidence.omega, -1) if noisy else confidence.update
         return Confidence(omega=torch.full_like(confidence.omega, 0.5), update=update)
 
-    monkeypatch.setattr("nnunet_dale.trainer.shuffled_within_classes", planted)
+    monkeypatch.setattr("benchmarks.trainers.study_trainers.shuffled_within_classes", planted)
     trainer = build(nnUNetTrainerDALE_omegaShuffled, dataset_2d)
+    assert trainer.dale_record()["omega_shuffle"] is True  # recorded as 0.2 recorded its config field
     trainer.current_epoch = 999  # past the warm-up
     kept = trainer.train_step(copy_batch(batch))
     noisy.append(True)
@@ -378,6 +378,22 @@ def test_shuffled_variant_trains_on_the_shuffled_omega(dataset_2d, batch, monkey
     assert calls == [2, 2] and float(kept["dale_mean_omega"]) == pytest.approx(0.5)
     assert float(kept["dale_l_w"]) > 0 and float(kept["dale_noisy_share"]) < 1
     assert float(none_clean["dale_l_w"]) == 0 and float(none_clean["dale_noisy_share"]) == 1
+
+
+def test_median_variant_centres_the_hypergradient_on_each_class_median(dataset_2d, batch):
+    """The study's _omegaMedian hands omega's hypergradient to the per-class normalisation with the weighted median as
+    the centre, where the shipped trainer takes the mean, and records it as 0.2 recorded its config field."""
+    median, shipped = (
+        build(cls, dataset_2d, initialize=False) for cls in (nnUNetTrainerDALE_omegaMedian, nnUNetTrainerDALE)
+    )
+    target = batch["target"][0]
+    split, membership = shipped.split(batch["data"], target), shipped._membership(target)
+    g = torch.rand(split.fuzzy.shape, generator=torch.Generator().manual_seed(0)) ** 4  # skewed: median < mean
+    by_median, by_mean = median._omega_transform(split, membership)(g), shipped._omega_transform(split, membership)(g)
+    torch.testing.assert_close(by_median, normalised_hypergradient(g, split.fuzzy, membership, "median"))
+    torch.testing.assert_close(by_mean, normalised_hypergradient(g, split.fuzzy, membership, "mean"))
+    assert (by_median - by_mean).abs().max() > 1e-3
+    assert median.dale_record() == {**shipped.dale_record(), "omega_centre": "median"}
 
 
 def test_warmup_step_is_nnunets_own_and_logs_no_dale_statistics(dataset_2d, batch):

@@ -8,9 +8,14 @@ nothing but nnunet_dale and nnU-Net.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_dale.confidence import Confidence, shuffled_within_classes
 from nnunet_dale.config import PAPER, SHIPPED
+from nnunet_dale.split import FuzzySplit
 from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import (
     Schedule,
@@ -114,9 +119,16 @@ class nnUNetTrainerDALE_twoSteps(nnUNetTrainerDALE):
 
 
 class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
-    """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean."""
+    """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean
+    (recorded in its checkpoints as 0.2's omega_centre "median")."""
 
-    dale_defaults = {**SHIPPED, "omega_centre": "median"}
+    dale_defaults = SHIPPED
+
+    def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor, centre: str = "median"):
+        return super()._omega_transform(split, membership, centre)
+
+    def dale_record(self) -> dict[str, Any]:
+        return {**super().dale_record(), "omega_centre": "median"}
 
 
 class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
@@ -128,9 +140,19 @@ class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
 
 class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
     """A control for the shipped configuration: omega* permuted at random among each class's fuzzy voxels in the
-    batch, so it keeps its values per class but carries no per-voxel label confidence."""
+    batch, so it keeps its values per class but carries no per-voxel label confidence (recorded in its checkpoints as
+    0.2's omega_shuffle true)."""
 
-    dale_defaults = {**SHIPPED, "omega_shuffle": True}
+    dale_defaults = SHIPPED
+
+    def _confidence(
+        self, x_f, x_n, output_f, split: FuzzySplit, membership, fuzzy_loss, nonfuzzy_loss, gradient_n=None
+    ) -> Confidence:
+        confidence = super()._confidence(x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n)
+        return shuffled_within_classes(confidence, split.fuzzy, self._partition(membership))
+
+    def dale_record(self) -> dict[str, Any]:
+        return {**super().dale_record(), "omega_shuffle": True}
 
 
 class nnUNetTrainerDALE_strongOmega(nnUNetTrainerDALE):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nnunet_dale.audit.settings import AuditError
-from nnunet_dale.config import DALEConfig, resolve_patch_size
+from nnunet_dale.config import DALEConfig, read_record, resolve_patch_size
 from nnunet_dale.files import folder_problem
 from nnunet_dale.weighted_loss import pixel_weighted_loss
 
@@ -164,9 +164,9 @@ def load_trained_model(fold_dir: Path, checkpoint_name: str | None = None, devic
     for p in network.parameters():
         p.requires_grad_(True)
 
-    saved = checkpoint.get("logging", {}).get(CONFIG_KEY)
-    known = {f for f in DALEConfig.__dataclass_fields__}
-    dale_config = DALEConfig(**{k: v for k, v in (saved or {}).items() if k in known})
+    saved = read_record(checkpoint.get("logging", {}).get(CONFIG_KEY) or {})
+    known = {f for f in DALEConfig.__dataclass_fields__}  # a study trainer's own settings do not split
+    dale_config = DALEConfig(**{k: v for k, v in saved.items() if k in known})
     if dale_config.patch_size is not None:
         dale_config = dale_config.replace(patch_size=tuple(dale_config.patch_size))
     split_patch = resolve_patch_size(dale_config, configuration_manager.patch_size, configuration_manager.spacing)
