@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.datasets:
         if not (folder / "labelsTs").is_dir():
             parser.error(f"{folder} is not a raw dataset with a test split (imagesTs/labelsTs)")
-    config = DALEConfig(**SHIPPED)
-    records = [r for f in args.datasets for r in dataset_statistics(f, args.network_patch, config, args.omega)]
+    records = [r for f in args.datasets for r in dataset_statistics(f, args.network_patch, SHIPPED, args.omega)]
     args.data.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.data, lambda f: f.write(json.dumps(records, indent=1) + "\n"))
     command = "python -m benchmarks.split_by_size " + " ".join(
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "## The shipped split by lesion size (H4)",
             "",
             f"Command: `{command}`. The shipped split (split patch = network patch {args.network_patch} px / "
-            f"{config.split_patches} per side, tau {config.tau}) on every training and test case; data "
+            f"{SHIPPED.split_patches} per side, tau {SHIPPED.tau}) on every training and test case; data "
             f"`docs/data/{args.data.name}`. Means over the cases of each lesion-share bin.",
             "",
             binned_table(records),

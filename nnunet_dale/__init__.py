@@ -30,6 +30,7 @@ _EXPORTS = {
     "DALEConfig": "nnunet_dale.config",
     "DALEConfigError": "nnunet_dale.config",
     "PAPER": "nnunet_dale.config",
+    "PAPER_CHANGES": "nnunet_dale.config",
     "SHIPPED": "nnunet_dale.config",
     "load_config": "nnunet_dale.config",
     # the method

@@ -1,4 +1,5 @@
-"""DALE hyper-parameters: defaults of the paper, overrides from a JSON file or environment variables, validation.
+"""DALE hyper-parameters: the shipped defaults, the paper's literal reading as changes to them, overrides from a JSON
+file or environment variables, validation.
 
 Precedence (later wins): the trainer class's defaults, the JSON file named by ``NNUNET_DALE_CONFIG``, single
 variables ``NNUNET_DALE_<FIELD>`` (e.g. ``NNUNET_DALE_TAU=0.8``, ``NNUNET_DALE_PATCH_SIZE=8,16,16``).
@@ -39,6 +40,7 @@ __all__ = [
     "LW_SCALES",
     "OMEGA_MODES",
     "PAPER",
+    "PAPER_CHANGES",
     "RETIRED",
     "SHIPPED",
     "DALEConfig",
@@ -58,13 +60,15 @@ class DALEConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DALEConfig:
-    """DALE's hyper-parameters; defaults are the paper's (Sec. 4.1)."""
+    """DALE's hyper-parameters. The defaults are what nnUNetTrainerDALE ships (`SHIPPED`): the paper's (Sec. 4.1) and,
+    where the validity study departed from its literal reading, the study's choice; `PAPER_CHANGES` restores the
+    literal reading (`PAPER`, nnUNetTrainerDALE_paper)."""
 
     tau: float = 0.9  # soft threshold of Eq. 6, in (0, 1]
     alpha: float = 0.05  # weight of L_W in Eq. 15, >= 0
     lookahead_steps: int = 1  # K of Algorithm 1, >= 1
     omega_lr: float = 0.1  # Adam learning rate of omega (the paper's "omega = 0.1")
-    patch_size: tuple[int, ...] | None = None  # h x w (x d) of Eq. 3-4; None: 16 per axis, scaled for anisotropy
+    patch_size: tuple[int, ...] | None = None  # h x w (x d) of Eq. 3-4 (with split_patches 0); None: 16 per axis
     entropy_bins: int = 32  # histogram bins of Eq. 3
     use_entropy: bool = True  # AE criterion (Table 4 ablation)
     use_edges: bool = True  # ER criterion (Table 4 ablation)
@@ -76,17 +80,17 @@ class DALEConfig:
     cov_perturbation: float = 0.01  # scale of the random eps of Eq. 13, relative to the mean variance
     ridge: float = 1e-4  # added to covariance diagonals before matrix square roots
     min_class_mass: float = 8.0  # a class needs this much voxel weight in both regions to enter L_W
-    # --- departures from the literal reading (docs/method.md, "What the shipped trainer changes"); these defaults
-    # --- are the paper's: nnUNetTrainerDALE_paper keeps them, nnUNetTrainerDALE sets the measured configuration
-    split_patches: int = 0  # > 0: the split patch is the network patch / split_patches per axis (the paper's ~16)
-    lw_scale: str = "none"  # "trace": each class's W^2 divided by the trace of its target covariance (scale-free)
-    min_class_mass_per_dim: float = 0.0  # a class also needs this many times the feature dimension in weight
-    target_momentum: float = 0.0  # > 0: the target Gaussians are a running (EMA) estimate over iterations
-    omega_normalise: bool = False  # hypergradient centred within each class, divided by its RMS, before Adam
-    clean_threshold: float = 0.0  # clean: omega rose by more than this; noisy: fell by more than this
-    single_update: bool = False  # one optimiser update per iteration on (L_n + L_f) / 2 instead of two steps
-    mask_input: bool = True  # the passes see the masked image (Eq. 7); False: the real image, masks as weights only
-    warmup_fraction: float = 0.0  # the first share of epochs are plain nnU-Net steps
+    # --- departures from the literal reading (docs/method.md, "What the shipped trainer changes"): the shipped values;
+    # --- PAPER_CHANGES holds the paper's. Changing another default of this class: add the paper's value there.
+    split_patches: int = 16  # > 0: the split patch is the network patch / split_patches per axis; 0: patch_size rules
+    lw_scale: str = "trace"  # "trace": each class's W^2 divided by the trace of its target covariance; "none"
+    min_class_mass_per_dim: float = 4.0  # a class also needs this many times the feature dimension in weight
+    target_momentum: float = 0.9  # > 0: the target Gaussians are a running (EMA) estimate over iterations
+    omega_normalise: bool = True  # hypergradient centred within each class, divided by its RMS, before Adam
+    clean_threshold: float = 0.05  # clean: omega rose by more than this; noisy: fell by more than this
+    single_update: bool = True  # one optimiser update per iteration on (L_n + L_f) / 2; False: Algorithm 1's two steps
+    mask_input: bool = False  # False: the passes see the real image, masks as weights only; True: masked (Eq. 7)
+    warmup_fraction: float = 0.1  # the first share of epochs are plain nnU-Net steps
     dice_scope: str = "region"  # "image": the single update's Dice is one over the image, voxels weighted by omega
 
     def __post_init__(self):
@@ -152,17 +156,17 @@ class DALEConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
 
-PAPER: dict[str, Any] = {}  # the literal reading: every field at its dataclass default (nnUNetTrainerDALE_paper)
-SHIPPED: dict[str, Any] = {  # nnUNetTrainerDALE: the configuration the validity study chose (docs/results.md)
-    "split_patches": 16,
-    "lw_scale": "trace",
-    "min_class_mass_per_dim": 4.0,
-    "target_momentum": 0.9,
-    "omega_normalise": True,
-    "clean_threshold": 0.05,
-    "single_update": True,
-    "mask_input": False,
-    "warmup_fraction": 0.1,
+# the paper's literal reading (Eq. 3-15 and Algorithm 1 as docs/method.md reads them) as changes to the defaults
+PAPER_CHANGES: dict[str, Any] = {
+    "split_patches": 0,  # 16-voxel patches (patch_size None)
+    "lw_scale": "none",
+    "min_class_mass_per_dim": 0.0,
+    "target_momentum": 0.0,
+    "omega_normalise": False,
+    "clean_threshold": 0.0,
+    "single_update": False,
+    "mask_input": True,
+    "warmup_fraction": 0.0,
 }
 
 
@@ -172,10 +176,10 @@ RETIRED: dict[str, Any] = {"omega_centre": "mean", "omega_shuffle": False}
 
 
 def read_record(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A configuration as a checkpoint recorded it, in this version's fields: a field it lacks (written before the
-    field existed) at the value it had then, the dataclass default; a retired field (RETIRED) left out at its neutral
-    value and kept at any other, so that it counts as a change."""
-    record = {**DALEConfig().to_dict(), **saved}
+    """A configuration as a checkpoint recorded it, in this version's fields: a field it lacks was written before the
+    field existed, when every default was the literal reading's, so it counts with PAPER's value; a retired field
+    (RETIRED) is left out at its neutral value and kept at any other, so that it counts as a change."""
+    record = {**PAPER.to_dict(), **saved}
     return {k: v for k, v in record.items() if not (k in RETIRED and v == RETIRED[k])}
 
 
@@ -195,6 +199,10 @@ class _Checker:
         if not ok:
             values = ", ".join(f"{n}={short_repr(getattr(self.config, n, None))}" for n in name.split("/"))
             raise DALEConfigError(f"DALE hyper-parameter {name} must be {expected}; got {values}")
+
+
+SHIPPED = DALEConfig()  # nnUNetTrainerDALE: the configuration the validity study chose
+PAPER = DALEConfig(**PAPER_CHANGES)  # nnUNetTrainerDALE_paper: the literal reading, as shipped until 0.1
 
 
 def _coerce(name: str, raw: Any) -> Any:

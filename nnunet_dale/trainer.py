@@ -10,7 +10,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -44,7 +44,6 @@ from nnunet_dale.confidence import (
 from nnunet_dale.config import (
     ALLOW_CONFIG_CHANGE,
     FUSED_OMEGA_MODES,
-    SHIPPED,
     DALEConfig,
     DALEConfigError,
     load_config,
@@ -109,11 +108,12 @@ class FeatureTap:
 
 
 class nnUNetTrainerDALE(nnUNetTrainer):
-    """DALE (Fang et al., CVPR 2025) inside nnU-Net v2, in the configuration the validity study chose
-    (`config.SHIPPED`; the paper's literal reading is `nnUNetTrainerDALE_paper`). Variants set `dale_defaults`; users
-    override them with ``NNUNET_DALE_CONFIG`` (a JSON file) or ``NNUNET_DALE_<FIELD>`` environment variables."""
+    """DALE (Fang et al., CVPR 2025) inside nnU-Net v2, in the configuration the validity study chose (the defaults of
+    `config.DALEConfig`; the paper's literal reading is `nnUNetTrainerDALE_paper`). Variants set `dale_defaults`,
+    their changes to those defaults; users override them with ``NNUNET_DALE_CONFIG`` (a JSON file) or
+    ``NNUNET_DALE_<FIELD>`` environment variables."""
 
-    dale_defaults: dict[str, Any] = dict(SHIPPED)
+    dale_defaults: Mapping[str, Any] = {}
     _log_is_new: bool | None = None  # set by the first print_to_log_file: did this trainer start the log file?
 
     def __init__(

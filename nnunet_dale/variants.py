@@ -11,7 +11,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_dale.config import PAPER, SHIPPED
+from nnunet_dale.config import PAPER_CHANGES
 from nnunet_dale.robust_loss import DEFAULT_Q, GeneralisedCrossEntropy
 from nnunet_dale.trainer import nnUNetTrainerDALE
 
@@ -68,45 +68,45 @@ class Schedule:
 class nnUNetTrainerDALE_paper(nnUNetTrainerDALE):
     """The paper's literal reading (Eq. 3-15 and Algorithm 1 as docs/method.md reads them), as shipped until 0.1."""
 
-    dale_defaults = dict(PAPER)
+    dale_defaults = dict(PAPER_CHANGES)
 
 
-# --- ablations (Table 4) of the shipped configuration
+# --- ablations (Table 4) of the shipped configuration: their changes to its defaults (config.DALEConfig)
 class nnUNetTrainerDALE_AEonly(nnUNetTrainerDALE):
     """Fuzzy regions from average entropy only (no edge ratio)."""
 
-    dale_defaults = {**SHIPPED, "use_edges": False}
+    dale_defaults = {"use_edges": False}
 
 
 class nnUNetTrainerDALE_ERonly(nnUNetTrainerDALE):
     """Fuzzy regions from the label edge ratio only (no entropy)."""
 
-    dale_defaults = {**SHIPPED, "use_entropy": False}
+    dale_defaults = {"use_entropy": False}
 
 
 class nnUNetTrainerDALE_noOmega(nnUNetTrainerDALE):
     """No label-confidence learning: omega = 1 and every fuzzy voxel counts as clean for L_W."""
 
-    dale_defaults = {**SHIPPED, "use_omega": False}
+    dale_defaults = {"use_omega": False}
 
 
 class nnUNetTrainerDALE_noLW(nnUNetTrainerDALE):
     """No distribution alignment (alpha is ignored)."""
 
-    dale_defaults = {**SHIPPED, "use_alignment": False}
+    dale_defaults = {"use_alignment": False}
 
 
 class nnUNetTrainerDALE_bottleneck(nnUNetTrainerDALE):
     """L_W on the encoder bottleneck instead of the features before the segmentation head."""
 
-    dale_defaults = {**SHIPPED, "feature_site": "bottleneck"}
+    dale_defaults = {"feature_site": "bottleneck"}
 
 
 class nnUNetTrainerDALE_fast(nnUNetTrainerDALE):
     """Fast mode: first-order omega (non-fuzzy step's gradient, finite-difference tangent); see docs/method.md. It
     looks along the non-fuzzy step's own gradient, so it keeps the two alternating steps."""
 
-    dale_defaults = {**SHIPPED, "single_update": False, "omega_mode": "fast"}
+    dale_defaults = {"single_update": False, "omega_mode": "fast"}
 
 
 # --- cheaper omega (issue 30): the shipped configuration with one omega mode each (docs/method.md, "Cheaper omega")
@@ -114,28 +114,28 @@ class nnUNetTrainerDALE_firstOrder(nnUNetTrainerDALE):
     """First-order omega fused into the single update: v = grad L_n(theta) of the update itself, J z . v by a finite
     difference (one forward without graph and one more backward than a plain step)."""
 
-    dale_defaults = {**SHIPPED, "omega_mode": "first_order"}
+    dale_defaults = {"omega_mode": "first_order"}
 
 
 class nnUNetTrainerDALE_firstOrderJVP(nnUNetTrainerDALE):
     """First-order omega fused into the single update with the exact forward-mode JVP instead of the finite
     difference."""
 
-    dale_defaults = {**SHIPPED, "omega_mode": "first_order_jvp"}
+    dale_defaults = {"omega_mode": "first_order_jvp"}
 
 
 class nnUNetTrainerDALE_staleOmega(nnUNetTrainerDALE):
     """Stale-direction omega in the single update: v = the SGD momentum buffer, J z . v by a finite difference (one
     forward without graph more than a plain step)."""
 
-    dale_defaults = {**SHIPPED, "omega_mode": "stale"}
+    dale_defaults = {"omega_mode": "stale"}
 
 
 class nnUNetTrainerDALE_omegaEvery4(nnUNetTrainerDALE):
     """The shipped exact omega on every 4th iteration; the other three are its single update at omega = 1 (the
     _noOmega iteration)."""
 
-    dale_defaults = {**SHIPPED, "omega_every": 4}
+    dale_defaults = {"omega_every": 4}
 
 
 # --- schedules (nnU-Net ships nnUNetTrainer_5epochs, _50epochs, _100epochs ... with the same lengths)

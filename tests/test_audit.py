@@ -275,7 +275,7 @@ def tiny_model():
         configuration="2d",
         trainer_name="test",
         checkpoint=Path("none"),
-        dale_config=DALEConfig(patch_size=(4, 4)),
+        dale_config=DALEConfig(patch_size=(4, 4), split_patches=0),
         split_patch_size=(4, 4),
         loss=loss,
     )

@@ -225,7 +225,7 @@ def test_config_accepts_the_modes_only_where_they_have_their_direction():
     for mode in FUSED_OMEGA_MODES:
         assert DALEConfig(single_update=True, omega_mode=mode).omega_mode == mode
         with pytest.raises(DALEConfigError, match="single_update/omega_mode"):
-            DALEConfig(omega_mode=mode)  # two steps: no single update to take v from
+            DALEConfig(single_update=False, omega_mode=mode)  # two steps: no single update to take v from
     for bad, name in (({"omega_every": 0}, "omega_every"), ({"omega_every": 2, "use_omega": False}, "omega_every")):
         with pytest.raises(DALEConfigError, match=name):
             DALEConfig(**bad)

@@ -113,7 +113,7 @@ def test_kill_and_resume_continues_with_the_same_dale_configuration(dataset_2d, 
     logged = checkpoint["logging"]
     for key in ("train_losses", "dale_fuzzy_fraction", "dale_mean_omega", "dale_l_w"):
         assert len(logged[key]) == EPOCHS, key  # one entry per epoch across both runs
-    warmup = [e < SHIPPED["warmup_fraction"] * EPOCHS for e in range(EPOCHS)]  # nnU-Net's own steps: no statistics
+    warmup = [e < SHIPPED.warmup_fraction * EPOCHS for e in range(EPOCHS)]  # nnU-Net's own steps: no statistics
     assert [math.isnan(v) for v in logged["dale_fuzzy_fraction"]] == warmup
     assert all(0 < v < 1 for v, w in zip(logged["dale_fuzzy_fraction"], warmup) if not w)
     assert new_logs[0].read_text().count("DALE fuzzy fraction") == EPOCHS - resume_epoch

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnunet_dale.confidence import Confidence
-from nnunet_dale.config import DALEConfigError
+from nnunet_dale.config import PAPER, SHIPPED, DALEConfig, DALEConfigError, load_config
 from nnunet_dale.progress import DALE_STATS
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.trainer import nnUNetTrainerDALE, unwrap
@@ -258,6 +258,24 @@ V02_SHIPPED = {
 # ... and as 0.2's later commits wrote it, with the study's fields (omega_centre and omega_shuffle retired since)
 V02_SHIPPED_LATER = {**V02_SHIPPED, "omega_every": 1, "omega_centre": "mean", "dice_scope": "region",
                      "omega_shuffle": False}  # fmt: skip
+# nnUNetTrainerDALE_paper's, as 0.2.0 wrote it (then every field at the dataclass default)
+V02_PAPER = {
+    "tau": 0.9, "alpha": 0.05, "lookahead_steps": 1, "omega_lr": 0.1, "patch_size": None, "entropy_bins": 32,
+    "use_entropy": True, "use_edges": True, "use_omega": True, "use_alignment": True, "omega_mode": "exact",
+    "feature_site": "head", "cov_perturbation": 0.01, "ridge": 0.0001, "min_class_mass": 8.0, "split_patches": 0,
+    "lw_scale": "none", "min_class_mass_per_dim": 0.0, "target_momentum": 0.0, "omega_normalise": False,
+    "clean_threshold": 0.0, "single_update": False, "mask_input": True, "warmup_fraction": 0.0,
+}  # fmt: skip
+
+
+def test_shipped_and_paper_configurations_are_what_0_2_wrote():
+    """The dataclass defaults are the shipped configuration and PAPER the literal reading, each as 0.2 recorded it
+    (with the two fields added since at their only value then); the trainers resolve to them."""
+    added = {"omega_every": 1, "dice_scope": "region"}
+    assert DALEConfig().to_dict() == SHIPPED.to_dict() == {**V02_SHIPPED, **added}
+    assert PAPER.to_dict() == {**V02_PAPER, **added}
+    assert load_config(nnUNetTrainerDALE.dale_defaults, environ={}) == SHIPPED
+    assert load_config(nnUNetTrainerDALE_paper.dale_defaults, environ={}) == PAPER
 
 
 def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others(dataset_2d, monkeypatch, tmp_path):
@@ -279,6 +297,7 @@ def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others
     for cls, record in [
         (nnUNetTrainerDALE, V02_SHIPPED),
         (nnUNetTrainerDALE, V02_SHIPPED_LATER),
+        (nnUNetTrainerDALE_paper, V02_PAPER),
         (nnUNetTrainerDALE_omegaShuffled, shuffled),
     ]:
         trainer = build(cls, dataset_2d)
@@ -290,6 +309,8 @@ def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others
         (nnUNetTrainerDALE_noOmega, V02_SHIPPED_LATER, {}, "use_omega"),
         (nnUNetTrainerDALE, V02_SHIPPED, {"NNUNET_DALE_TAU": "0.8"}, "tau"),
         (nnUNetTrainerDALE_paper, V02_SHIPPED, {}, "clean_threshold, lw_scale, mask_input, min_class_mass_per_dim, "
+         "omega_normalise, single_update, split_patches, target_momentum, warmup_fraction"),
+        (nnUNetTrainerDALE, V02_PAPER, {}, "clean_threshold, lw_scale, mask_input, min_class_mass_per_dim, "
          "omega_normalise, single_update, split_patches, target_momentum, warmup_fraction"),
     ]  # fmt: skip
     for cls, record, environ, changed in refused:

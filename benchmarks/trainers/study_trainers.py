@@ -14,7 +14,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_dale.confidence import Confidence, shuffled_within_classes
-from nnunet_dale.config import PAPER, SHIPPED
+from nnunet_dale.config import PAPER_CHANGES
 from nnunet_dale.split import FuzzySplit
 from nnunet_dale.trainer import nnUNetTrainerDALE
 from nnunet_dale.variants import (
@@ -77,52 +77,50 @@ __all__ = [
 class nnUNetTrainerDALE_splitPatches(nnUNetTrainerDALE):
     """The split patch scales with the image: 16 patches per side of the network patch (the paper's 14-22)."""
 
-    dale_defaults = {**PAPER, "split_patches": 16}
+    dale_defaults = {**PAPER_CHANGES, "split_patches": 16}
 
 
 class nnUNetTrainerDALE_stableLW(nnUNetTrainerDALE):
     """L_W that cannot dominate: W^2 per class over its target trace, classes with >= 4x the feature dimension in
     weight, running target Gaussians (momentum 0.9)."""
 
-    dale_defaults = {**PAPER, "lw_scale": "trace", "min_class_mass_per_dim": 4.0, "target_momentum": 0.9}
+    dale_defaults = {**PAPER_CHANGES, "lw_scale": "trace", "min_class_mass_per_dim": 4.0, "target_momentum": 0.9}
 
 
 class nnUNetTrainerDALE_omegaNorm(nnUNetTrainerDALE):
     """Scale-free omega: hypergradient centred per class and RMS-normalised before Adam; clean/noisy beyond 0.05."""
 
-    dale_defaults = {**PAPER, "omega_normalise": True, "clean_threshold": 0.05}
+    dale_defaults = {**PAPER_CHANGES, "omega_normalise": True, "clean_threshold": 0.05}
 
 
 class nnUNetTrainerDALE_singleUpdate(nnUNetTrainerDALE):
     """One optimiser update per iteration on (L_n + L_f) / 2, omega looking ahead from the current weights."""
 
-    dale_defaults = {**PAPER, "single_update": True}
+    dale_defaults = {**PAPER_CHANGES, "single_update": True}
 
 
 class nnUNetTrainerDALE_realImage(nnUNetTrainerDALE):
     """The passes see the real image; the region masks act as loss weights only."""
 
-    dale_defaults = {**PAPER, "mask_input": False}
+    dale_defaults = {**PAPER_CHANGES, "mask_input": False}
 
 
 class nnUNetTrainerDALE_warmup(nnUNetTrainerDALE):
     """The first 10 % of epochs are plain nnU-Net steps."""
 
-    dale_defaults = {**PAPER, "warmup_fraction": 0.1}
+    dale_defaults = {**PAPER_CHANGES, "warmup_fraction": 0.1}
 
 
 # --- the validity study's second round: one change each to the shipped configuration
 class nnUNetTrainerDALE_twoSteps(nnUNetTrainerDALE):
     """The shipped configuration with Algorithm 1's two alternating optimiser steps instead of the single update."""
 
-    dale_defaults = {**SHIPPED, "single_update": False}
+    dale_defaults = {"single_update": False}
 
 
 class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
     """The shipped configuration with omega's hypergradient centred on each class's weighted median, not its mean
     (recorded in its checkpoints as 0.2's omega_centre "median")."""
-
-    dale_defaults = SHIPPED
 
     def _omega_transform(self, split: FuzzySplit, membership: torch.Tensor, centre: str = "median"):
         return super()._omega_transform(split, membership, centre)
@@ -135,15 +133,13 @@ class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
     """The shipped configuration with one Dice over the whole image in the single update (voxels weighted by omega)
     instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there."""
 
-    dale_defaults = {**SHIPPED, "dice_scope": "image"}
+    dale_defaults = {"dice_scope": "image"}
 
 
 class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
     """A control for the shipped configuration: omega* permuted at random among each class's fuzzy voxels in the
     batch, so it keeps its values per class but carries no per-voxel label confidence (recorded in its checkpoints as
     0.2's omega_shuffle true)."""
-
-    dale_defaults = SHIPPED
 
     def _confidence(
         self, x_f, x_n, output_f, split: FuzzySplit, membership, fuzzy_loss, nonfuzzy_loss, gradient_n=None
@@ -159,7 +155,7 @@ class nnUNetTrainerDALE_strongOmega(nnUNetTrainerDALE):
     """The shipped configuration with omega's Adam learning rate tripled (0.3): with the normalised hypergradient a
     one-step omega is ~1 -+ lr per voxel, so its label confidence spans 0.7-1.3 instead of 0.9-1.1."""
 
-    dale_defaults = {**SHIPPED, "omega_lr": 0.3}
+    dale_defaults = {"omega_lr": 0.3}
 
 
 # --- the study's CPU schedules
