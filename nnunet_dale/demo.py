@@ -331,7 +331,7 @@ class Demo:
             return
         cmd = ["nnUNetv2_train", str(self.s.dataset_id), "2d", str(fold), "-tr", trainer, "-device", "cpu"]
         resumable = any((folder / f"checkpoint_{k}.pth").is_file() for k in ("latest", "final"))
-        progress = replace(TRAINING, total=_epochs(trainer))
+        progress = replace(TRAINING, total=_epochs(trainer, self.env.get("nnUNet_extTrainer", "")))
         self._call(f"train_{trainer}_fold{fold}", cmd + (["--c"] if resumable else []), stage, progress)
 
     def _predict(self, trainer: str, fold: int, images: Path, name: str, stage: str | None = None) -> Path:
@@ -427,11 +427,24 @@ class RawDatasetDemo(Demo):
         return self.source
 
 
-def _epochs(trainer: str) -> int | None:
-    """The number of epochs of one of this package's trainer classes (its schedule), None for another trainer."""
+def _epochs(trainer: str, ext_trainer: str = "") -> int | None:
+    """The number of epochs of trainer class `trainer`'s schedule (its `epochs`, nnunet_dale.variants.Schedule): one
+    of this package's classes, else the class nnU-Net would find in the folders of `ext_trainer` (an
+    nnUNet_extTrainer value: the study's trainers, a user's own); None if it is found nowhere or has no schedule."""
     from nnunet_dale import variants
 
-    epochs = getattr(getattr(variants, trainer, None), "epochs", None)
+    cls = getattr(variants, trainer, None)
+    if cls is None:
+        from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+        for folder in (f for f in ext_trainer.split(os.pathsep) if f.strip() and os.path.isdir(f)):
+            try:  # as nnU-Net looks it up (nnunetv2.utilities.find_objects), quietly
+                cls = recursive_find_python_class(folder, trainer, None, folder, cleanup_imports_from_base_folder=True)
+            except Exception:  # a folder nnU-Net cannot import fails the training step itself, with its log
+                cls = None
+            if cls is not None:
+                break
+    epochs = getattr(cls, "epochs", None)
     return epochs if isinstance(epochs, int) else None
 
 

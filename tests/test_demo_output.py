@@ -4,6 +4,7 @@ end of the log when a step fails, the one-line verdict, and the figure's fuzzy m
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 
@@ -60,6 +61,44 @@ def test_on_a_terminal_the_stage_is_a_progress_bar_of_epochs_or_cases():
         for line in ["There are 4 cases that I would like to predict", "", "Predicting case_1:", "done"]:
             stage.read(line)
         assert (stage.bar.n, stage.bar.total) == (1, 4)
+
+
+MINE = """
+from nnunet_dale.variants import nnUNetTrainerDALE_quick
+
+
+class nnUNetTrainerDALE_mine(nnUNetTrainerDALE_quick):
+    epochs = 7
+"""
+
+
+def test_a_training_stage_counts_the_epochs_of_trainers_nnunet_finds_on_the_demos_ext_trainer(tmp_path, monkeypatch):
+    """The bar's total is the trainer's schedule for the package's classes and for those nnU-Net finds in the folders
+    of the demo's nnUNet_extTrainer: the study's (benchmarks/trainers/) and a user's own; None for nnU-Net's own."""
+    from benchmarks.trainers import add_study_trainers, study_trainers
+
+    demo = Demo(tmp_path / "demo")
+    demo.dataset = demo.raw / "Dataset990_DALEBench"
+    add_study_trainers(demo.env)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "my_trainers.py").write_text(MINE)
+    demo.env["nnUNet_extTrainer"] += os.pathsep + str(tmp_path / "mine")
+    totals = {}
+    monkeypatch.setattr(demo, "_call", lambda name, cmd, stage, progress: totals.update({cmd[5]: progress.total}))
+    expected = {
+        "nnUNetTrainerDALE_quick": 2,
+        "nnUNetTrainerDALE_bench": study_trainers.nnUNetTrainerDALE_bench.epochs,
+        "nnUNetTrainer_benchShippedTime": study_trainers.nnUNetTrainer_benchShippedTime.epochs,
+        "nnUNetTrainerDALE_mine": 7,
+        "nnUNetTrainer": None,
+        "nnUNetTrainerDALE_nowhere": None,
+    }
+    for trainer in expected:
+        demo._train(trainer, 0)
+    assert totals == expected
+    assert isinstance(expected["nnUNetTrainerDALE_bench"], int) and isinstance(
+        expected["nnUNetTrainer_benchShippedTime"], int
+    )
 
 
 def comparison(dice_default: float, dice_dale: float, hd95_change: float, p: float) -> dict:
