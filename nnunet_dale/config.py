@@ -27,12 +27,10 @@ FEATURE_SITES = ("head", "bottleneck")
 LW_SCALES = ("none", "trace")
 OMEGA_MODES = ("exact", "fast", "first_order", "first_order_jvp", "stale")
 FUSED_OMEGA_MODES = ("first_order", "first_order_jvp", "stale")  # omega taken inside the single update
-DICE_SCOPES = ("region", "image")
 
 __all__ = [
     "ALLOW_CONFIG_CHANGE",
     "CONTROL_VARIABLES",
-    "DICE_SCOPES",
     "ENV_FILE",
     "ENV_PREFIX",
     "FEATURE_SITES",
@@ -91,7 +89,6 @@ class DALEConfig:
     single_update: bool = True  # one optimiser update per iteration on (L_n + L_f) / 2; False: Algorithm 1's two steps
     mask_input: bool = False  # False: the passes see the real image, masks as weights only; True: masked (Eq. 7)
     warmup_fraction: float = 0.1  # the first share of epochs are plain nnU-Net steps
-    dice_scope: str = "region"  # "image": the single update's Dice is one over the image, voxels weighted by omega
 
     def __post_init__(self):
         check = _Checker(self)
@@ -123,14 +120,8 @@ class DALEConfig:
         check(0 <= self.target_momentum < 1, "target_momentum", "a number in [0, 1)")
         check(0 <= self.clean_threshold < 1, "clean_threshold", "a number in [0, 1)")
         check(0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
-        check(self.dice_scope in DICE_SCOPES, "dice_scope", f"one of {DICE_SCOPES}")
         check(self.omega_every >= 1, "omega_every", "an integer >= 1 (1: omega on every iteration)")
         check(self.use_omega or self.omega_every == 1, "omega_every/use_omega", "1 without omega (nothing to skip)")
-        check(
-            self.single_update or self.dice_scope == "region",
-            "dice_scope/single_update",
-            "'region' with two steps ('image' is a Dice of the single update over both regions)",
-        )
         check(
             not (self.single_update and self.omega_mode == "fast"),
             "single_update/omega_mode",
@@ -171,8 +162,8 @@ PAPER_CHANGES: dict[str, Any] = {
 
 
 # fields an earlier version recorded in its checkpoints and this one does not have, at the value that left the step
-# as it is now: 0.2's study-only omega_centre and omega_shuffle (the study's trainers record their own settings)
-RETIRED: dict[str, Any] = {"omega_centre": "mean", "omega_shuffle": False}
+# as it is now: 0.2's study-only omega_centre, omega_shuffle and dice_scope (the study's trainers record their own)
+RETIRED: dict[str, Any] = {"omega_centre": "mean", "omega_shuffle": False, "dice_scope": "region"}
 
 
 def read_record(saved: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""nnUNetTrainerDALE: nnU-Net's trainer with DALE's alternating train step (Algorithm 1 of the paper).
+"""nnUNetTrainerDALE: nnU-Net's trainer with DALE's train step, the shipped single update or the paper's Algorithm 1.
 
 Everything but `train_step` (planning, data loading, augmentation, validation, inference) is nnU-Net's own.
 """
@@ -55,7 +55,17 @@ from nnunet_dale.progress import CONFIG_KEY, DALE_STATS, DALELocalLogger
 from nnunet_dale.split import FuzzySplit, fuzzy_split
 from nnunet_dale.weighted_loss import pixel_weighted_loss, weight_pyramid
 
-__all__ = ["NO_DIRECTION", "OMEGA_MOVED", "OMEGA_STATS", "FeatureTap", "nnUNetTrainerDALE", "unwrap"]
+__all__ = [
+    "NO_DIRECTION",
+    "NO_FUZZY_REGION",
+    "OMEGA_MOVED",
+    "OMEGA_STATS",
+    "FeatureTap",
+    "FuzzyTerms",
+    "SplitBatch",
+    "nnUNetTrainerDALE",
+    "unwrap",
+]
 
 OMEGA_MOVED = 1e-3  # |omega - 1| above this counts as moved (dale_omega_moved)
 OMEGA_STATS = ("dale_mean_omega", "dale_noisy_share", "dale_omega_fg", "dale_omega_bg", "dale_noisy_fg",
@@ -64,6 +74,44 @@ NO_DIRECTION = {  # omega modes that look along a direction v, when there is non
     "fast": "no non-fuzzy gradient: omega = 1 for this iteration",
     "stale": "no momentum buffer yet (the optimiser's first step): omega = 1 for this iteration",
 }
+NO_FUZZY_REGION = "no fuzzy region: omega and fuzzy step skipped"
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitBatch:
+    """One batch on the device after the split (line 3, Eq. 3-7), with the region losses of its passes."""
+
+    loss: nn.Module  # the trainer's pixel-weighted loss (with deep supervision)
+    target: torch.Tensor | list[torch.Tensor]  # one per deep-supervision output
+    split: FuzzySplit
+    x_n: torch.Tensor  # the non-fuzzy pass's input: M^n * X with mask_input, else X
+    x_f: torch.Tensor  # the fuzzy pass's input: M^f * X with mask_input, else X
+    weights_n: Any  # M^n per deep-supervision output (weight_pyramid)
+    weights_f: Any  # M^f per deep-supervision output
+    membership: torch.Tensor  # class membership of every voxel
+    local_fuzzy_mass: torch.Tensor  # sum of M^f on this rank
+    nonfuzzy_mass: float  # sum of M^n over all ranks
+    fuzzy_mass: float  # sum of M^f over all ranks
+    fuzzy_here: bool  # False under DDP when the fuzzy voxels are on other ranks only
+
+    def nonfuzzy_loss(self, output, *dice_weights) -> torch.Tensor:
+        """Eq. 1: L_n, the loss of the outputs weighted by M^n (dice_weights: a Dice weight of its own)."""
+        return self.loss(output, self.target, self.weights_n, self.weights_n, *dice_weights)
+
+    def fuzzy_loss(self, output, omega: torch.Tensor, *dice_weights) -> torch.Tensor:
+        """Eq. 15's segmentation term: the loss weighted by omega * M^f, normalised by M^f."""
+        return self.loss(output, self.target, weight_pyramid(omega * self.split.fuzzy, self.target), self.weights_f,
+                         *dice_weights)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class FuzzyTerms:
+    """What L_f (Eq. 15) weighs the fuzzy region's loss with: omega* and L_W (Eq. 12-14), each at its neutral value
+    where it was not finite, and the mean omega* over the fuzzy region (L_W's weight)."""
+
+    confidence: Confidence
+    alignment: Alignment
+    mean_omega: torch.Tensor
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -165,15 +213,87 @@ class nnUNetTrainerDALE(nnUNetTrainer):
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
-    # ------------------------------------------------------------------ Algorithm 1
+    # ------------------------------------------------------------------ the step
     def train_step(self, batch: dict) -> dict:
-        """Algorithm 1, one iteration: split -> non-fuzzy step -> omega* -> fuzzy step, on one nnU-Net batch. With
-        `single_update` the two steps are one optimiser update on (L_n + L_f) / 2, omega* looking ahead from theta;
-        with `omega_every` k > 1 only every k-th iteration learns omega*, the others train at omega = 1 (as with
-        use_omega off); during the warm-up (`warmup_fraction`) the iteration is nnU-Net's own."""
+        """One nnU-Net iteration: nnU-Net's own during the warm-up (`warmup_fraction`), else DALE's shipped single
+        update (`_single_update`) or, with `single_update` off, the paper's two steps (`_algorithm_1`). With
+        `omega_every` k > 1 only every k-th iteration learns omega*, the others train at omega = 1."""
         cfg = self.dale_config
         if self.current_epoch < cfg.warmup_fraction * self.num_epochs:
             return {**super().train_step(batch), **{k: np.nan for k in DALE_STATS}}
+        self._grad_norms = {}
+        learn_omega = cfg.use_omega and self.dale_iterations % cfg.omega_every == 0  # else omega = 1 (use_omega off)
+        self.dale_iterations += 1
+        split_batch = self._split_batch(batch)
+        step = self._single_update if cfg.single_update else self._algorithm_1
+        return step(split_batch, learn_omega)
+
+    def _single_update(self, b: SplitBatch, learn_omega: bool) -> dict:
+        """The shipped step: one forward at theta gives L_n (Eq. 1) and the fuzzy region's outputs, omega* looks ahead
+        from theta (Eq. 8-11), L_W (Eq. 12-14) completes L_f (Eq. 15), and one optimiser update descends
+        (L_n + L_f) / 2."""
+        cfg = self.dale_config
+        with self._phase("forward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            output_n, features_n, loss_n = self._nonfuzzy_pass(b)
+        if b.fuzzy_mass == 0:  # nothing fuzzy: no omega, no L_f; the update is on L_n alone
+            self._fallback(NO_FUZZY_REGION)
+            self._optimizer_step(loss_n, "update")
+            return self._step_outputs(loss_n.detach(), b)
+        output_f, features_f = output_n, features_n  # without mask_input both passes see X at theta: one forward
+        if cfg.mask_input:  # the fuzzy pass sees M^f * X (Eq. 7): a forward of its own
+            with self._phase("fuzzy_forward"):
+                output_f, features_f = self._fuzzy_pass(b)
+        with self._phase("omega"):  # the fused modes look along v from this update: grad L_n(theta) or momentum
+            direction = self._direction(loss_n) if learn_omega and cfg.omega_mode in FUSED_OMEGA_MODES else None
+            confidence, clean = self._omega(b, output_f, learn_omega, direction)
+        terms = self._fuzzy_terms(b, features_n, features_f, confidence, clean)
+        with self._phase("update"):
+            seg_f, loss_f = self._loss_f(b, output_f, terms)
+            self._optimizer_step(self._update_objective(b, output_n, output_f, loss_n, loss_f, terms), "update")
+        return self._fuzzy_outputs(b, loss_n, seg_f, loss_f, terms, learn_omega)
+
+    def _update_objective(self, b: SplitBatch, output_n, output_f, loss_n, loss_f, terms: FuzzyTerms) -> torch.Tensor:
+        """The single update's objective: the mean of Eq. 1's L_n and Eq. 15's L_f at the same weights theta (a hook:
+        the study's `_imageDice` takes its Dice over the whole image)."""
+        return 0.5 * (loss_n + loss_f)
+
+    def _algorithm_1(self, b: SplitBatch, learn_omega: bool) -> dict:
+        """Algorithm 1 as the paper writes it (line 3, the split, is `_split_batch`): a non-fuzzy step to theta_n,
+        omega* looking ahead from theta_n, and a fuzzy step to theta_f, two optimiser steps per iteration."""
+        cfg = self.dale_config
+        # lines 4-5: extract F_n from D_n and optimise theta_n on it (Eq. 1)
+        with self._phase("nonfuzzy_step"):
+            self.optimizer.zero_grad(set_to_none=True)
+            _, features_n, loss_n = self._nonfuzzy_pass(b)
+            gradient_n = None
+            if b.nonfuzzy_mass > 0:  # fast mode keeps this step's gradient: its omega looks along it
+                keep = learn_omega and cfg.omega_mode == "fast"
+                gradient_n = self._optimizer_step(loss_n, "nonfuzzy", keep_gradient=keep)
+            else:  # everything fuzzy: no reliable region to step on
+                self._fallback("no non-fuzzy region: non-fuzzy step skipped")
+        if b.fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
+            self._fallback(NO_FUZZY_REGION)
+            return self._step_outputs(loss_n.detach(), b)
+        # line 11, ahead of lines 6-10: extract F_f from D_f at theta_n; its outputs also serve the shadow step (line 8)
+        with self._phase("fuzzy_forward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            output_f, features_f = self._fuzzy_pass(b)
+        # lines 6-10: omega* from K lookahead steps of a shadow network A' started at theta_n (Eq. 8-11; fast mode:
+        # to first order along the non-fuzzy step's gradient)
+        with self._phase("omega"):
+            confidence, clean = self._omega(b, output_f, learn_omega, gradient_n)
+        # lines 12-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
+        terms = self._fuzzy_terms(b, features_n, features_f, confidence, clean)
+        with self._phase("fuzzy_step"):
+            seg_f, loss_f = self._loss_f(b, output_f, terms)
+            self._optimizer_step(loss_f, "fuzzy")  # line 14: optimise theta_f on D_f (Eq. 2)
+        return self._fuzzy_outputs(b, loss_n, seg_f, loss_f, terms, learn_omega)
+
+    def _split_batch(self, batch: dict) -> SplitBatch:
+        """The batch on the device, split into D_n and D_f (line 3, Eq. 3-7): the passes' inputs (M^n * X and
+        M^f * X with mask_input, else X), the region weights per deep-supervision output, the class membership and
+        the regions' masses (summed over the ranks under DDP, so that every rank skips alike)."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = (
@@ -182,16 +302,10 @@ class nnUNetTrainerDALE(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         )
         full_target = target[0] if isinstance(target, list) else target
-        self._grad_norms = {}
-        learn_omega = cfg.use_omega and self.dale_iterations % cfg.omega_every == 0  # else omega = 1 (use_omega off)
-        self.dale_iterations += 1
-
-        # line 3: split the batch into D_n and D_f (Eq. 3-7)
         with self._phase("split"):
             split = self.split(data, full_target)
-            x_n, x_f = (data * split.nonfuzzy, data * split.fuzzy) if cfg.mask_input else (data, data)
-            nonfuzzy_weights = weight_pyramid(split.nonfuzzy, target)
-            fuzzy_weights = weight_pyramid(split.fuzzy, target)
+            x_n, x_f = (data * split.nonfuzzy, data * split.fuzzy) if self.dale_config.mask_input else (data, data)
+            weights_n, weights_f = weight_pyramid(split.nonfuzzy, target), weight_pyramid(split.fuzzy, target)
             membership = self._membership(full_target)
             local_fuzzy_mass = split.fuzzy.sum()
             masses = torch.stack([split.nonfuzzy.sum(), local_fuzzy_mass])
@@ -199,95 +313,61 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 masses = torch.cat([masses, masses.clone()])
                 dist.all_reduce(masses[:2])
             nonfuzzy_mass, fuzzy_mass, *local = masses.tolist()  # one host sync (local: this rank's, under DDP)
+        return SplitBatch(
+            loss=self.dale_loss, target=target, split=split, x_n=x_n, x_f=x_f, weights_n=weights_n,
+            weights_f=weights_f, membership=membership, local_fuzzy_mass=local_fuzzy_mass,
+            nonfuzzy_mass=nonfuzzy_mass, fuzzy_mass=fuzzy_mass, fuzzy_here=not (local and local[1] == 0),
+        )  # fmt: skip
 
-        # lines 4-5: extract F_n and optimise theta_n on D_n (Eq. 1)
-        with self._phase("nonfuzzy_step"):
-            self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast(), self._features() as tap_n:
-                output_n = self.network(x_n)
-                loss_n = self.dale_loss(output_n, target, nonfuzzy_weights)
-            features_n = tap_n.value
-            gradient_n = None  # single update: theta_n = theta, L_n joins L_f in the one update of line 14
-            if not cfg.single_update and nonfuzzy_mass > 0:
-                keep = learn_omega and cfg.omega_mode == "fast"
-                gradient_n = self._optimizer_step(loss_n, "nonfuzzy", keep_gradient=keep)
-            elif not cfg.single_update:  # everything fuzzy: no reliable region to step on
-                self._fallback("no non-fuzzy region: non-fuzzy step skipped")
-        if fuzzy_mass == 0:  # nothing fuzzy: the iteration is the non-fuzzy step alone
-            self._fallback("no fuzzy region: omega and fuzzy step skipped")
-            if cfg.single_update:
-                self._optimizer_step(loss_n, "nonfuzzy")
-            return self._step_outputs(loss_n.detach(), split, membership)
+    def _nonfuzzy_pass(self, b: SplitBatch) -> tuple[Any, torch.Tensor | None, torch.Tensor]:
+        """Line 4 and Eq. 1: the network's outputs on the non-fuzzy input, its features F_n and L_n."""
+        with self._autocast(), self._features() as tap:
+            output = self.network(b.x_n)
+            loss_n = b.nonfuzzy_loss(output)
+        return output, tap.value, loss_n
 
-        # lines 6-10: omega* from K lookahead steps of a shadow network started at theta_n (Eq. 8-11)
-        with self._phase("fuzzy_forward"):
-            if cfg.single_update and not cfg.mask_input:  # the same image at the same theta: the same forward
-                output_f, features_f = output_n, features_n
-            else:
-                if not cfg.single_update:
-                    self.optimizer.zero_grad(set_to_none=True)
-                with self._autocast(), self._features() as tap_f:
-                    output_f = self.network(x_f)  # at theta_n: shared by the shadow step and the fuzzy step (line 11)
-                features_f = tap_f.value
+    def _fuzzy_pass(self, b: SplitBatch) -> tuple[Any, torch.Tensor | None]:
+        """Line 11: the network's outputs on the fuzzy input and its features F_f (with gradient)."""
+        with self._autocast(), self._features() as tap:
+            output = self.network(b.x_f)
+        return output, tap.value
 
-        def fuzzy_loss(output, omega, *dice_weights):  # dice_weights: dice_scope "image"'s Dice weights
-            weights = weight_pyramid(omega * split.fuzzy, target)
-            return self.dale_loss(output, target, weights, fuzzy_weights, *dice_weights)
+    def _omega(self, b: SplitBatch, output_f, learn_omega: bool, direction) -> tuple[Confidence, torch.Tensor]:
+        """omega* (Eq. 8-11) and the clean voxels of Eq. 12's indicator. Iterations that do not learn omega (use_omega
+        off, or those omega_every skips) keep omega = 1 and count every fuzzy voxel as clean."""
+        if not learn_omega:
+            return Confidence.neutral(b.split.fuzzy), torch.ones_like(b.split.fuzzy, dtype=torch.bool)
+        confidence = self._confidence(
+            b.x_f, b.x_n, output_f, b.split, b.membership, b.fuzzy_loss, b.nonfuzzy_loss, direction
+        )
+        return confidence, confidence.clean
 
-        def nonfuzzy_loss(output, *dice_weights):
-            return self.dale_loss(output, target, nonfuzzy_weights, nonfuzzy_weights, *dice_weights)
-
-        with self._phase("omega"):
-            if learn_omega:
-                if cfg.omega_mode in FUSED_OMEGA_MODES:  # the single update's v: its own L_n gradient or momentum
-                    gradient_n = self._direction(loss_n)
-                confidence = self._confidence(
-                    x_f, x_n, output_f, split, membership, fuzzy_loss, nonfuzzy_loss, gradient_n
-                )
-                clean = confidence.clean
-            else:  # omega = 1, and every fuzzy voxel counts as clean (use_omega off, or omega_every's other iterations)
-                confidence = Confidence.neutral(split.fuzzy)
-                clean = torch.ones_like(split.fuzzy, dtype=torch.bool)
-
-        # lines 11-13: L_W (Eq. 12-14) and the fuzzy loss L_f (Eq. 15)
+    def _fuzzy_terms(self, b: SplitBatch, features_n, features_f, confidence: Confidence, clean) -> FuzzyTerms:
+        """L_W (Eq. 12-14) of the clean fuzzy features, a non-finite omega* or L_W at its neutral value, and the mean
+        omega* over the fuzzy region (L_W's weight in Eq. 15)."""
         with self._phase("alignment"):
-            detached_n = None if features_n is None else features_n.detach()
-            alignment = self._alignment(detached_n, features_f, membership, split, clean)
+            alignment = self._alignment(features_n, features_f, b.membership, b.split, clean)
         confidence, alignment = self._finite_or_skipped(confidence, alignment)
-        mean_omega = (confidence.omega * split.fuzzy).sum() / local_fuzzy_mass.clamp_min(1e-8)
+        mean_omega = (confidence.omega * b.split.fuzzy).sum() / b.local_fuzzy_mass.clamp_min(1e-8)
+        return FuzzyTerms(confidence=confidence, alignment=alignment, mean_omega=mean_omega)
 
-        # line 14: optimise theta_f on D_f (Eq. 2)
-        with self._phase("fuzzy_step"):
-            with self._autocast():
-                seg_f = fuzzy_loss(output_f, confidence.omega)
-                loss_f = fuzzy_objective(seg_f, alignment.loss, cfg.alpha, mean_omega)
-            if cfg.single_update:
-                update = 0.5 * (loss_n + loss_f)
-                if cfg.dice_scope == "image":  # the same CE terms, one Dice over the whole image
-                    image = self._image_dice_weights(split, confidence.omega, target)
-                    seg_f_image = fuzzy_loss(output_f, confidence.omega, image)
-                    update = 0.5 * (
-                        nonfuzzy_loss(output_n, image)
-                        + fuzzy_objective(seg_f_image, alignment.loss, cfg.alpha, mean_omega)
-                    )
-                self._optimizer_step(update, "nonfuzzy")
-            else:
-                self._optimizer_step(loss_f, "fuzzy")
+    def _loss_f(self, b: SplitBatch, output_f, terms: FuzzyTerms) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 15: the omega*-weighted segmentation loss of the fuzzy region, and L_f = it + alpha mean(omega*) L_W."""
+        with self._autocast():
+            seg_f = b.fuzzy_loss(output_f, terms.confidence.omega)
+            return seg_f, fuzzy_objective(seg_f, terms.alignment.loss, self.dale_config.alpha, terms.mean_omega)
+
+    def _fuzzy_outputs(self, b: SplitBatch, loss_n, seg_f, loss_f, terms: FuzzyTerms, learn_omega: bool) -> dict:
+        """train_step's dict after a step with a fuzzy region: the loss (L_n + L_f) / 2 and DALE's statistics; omega's
+        NaN on the iterations omega_every skips (its statistics are those of the iterations that learn it)."""
         loss = 0.5 * (loss_n + loss_f).detach()
-        if local and local[1] == 0:  # DDP: fuzzy voxels on other ranks only, none here
-            outputs = self._step_outputs(loss, split, membership)
-        else:
-            outputs = self._step_outputs(loss, split, membership, confidence, alignment, seg_f.detach(), mean_omega)
-        if cfg.use_omega and not learn_omega:  # omega_every: omega's statistics are those of the iterations learning it
+        if b.fuzzy_here:
+            outputs = self._step_outputs(loss, b, terms, seg_f.detach())
+        else:  # DDP: fuzzy voxels on other ranks only, none here
+            outputs = self._step_outputs(loss, b)
+        if self.dale_config.use_omega and not learn_omega:
             outputs.update(dict.fromkeys(OMEGA_STATS, np.nan))
         return outputs
-
-    @staticmethod
-    def _image_dice_weights(split: FuzzySplit, omega: torch.Tensor, target):
-        """dice_scope "image": each voxel's confidence, omega where fuzzy and 1 where not, blended by the soft masks;
-        all ones (nnU-Net's own Dice) when omega = 1."""
-        blend = (split.nonfuzzy + omega * split.fuzzy) / (split.nonfuzzy + split.fuzzy).clamp_min(1e-8)
-        return weight_pyramid(blend, target)
 
     def split(self, data: torch.Tensor, full_target: torch.Tensor) -> FuzzySplit:
         """Line 3 (Eq. 3-7) with this trainer's configuration and split patch size."""
@@ -317,29 +397,25 @@ class nnUNetTrainerDALE(nnUNetTrainer):
         return torch.cat([membership[:, :1], membership[:, 1:].sum(1, keepdim=True)], 1)
 
     def _step_outputs(
-        self,
-        loss,
-        split: FuzzySplit,
-        membership: torch.Tensor,
-        confidence: Confidence | None = None,
-        alignment: Alignment | None = None,
-        seg_f: torch.Tensor | None = None,
-        mean_omega: torch.Tensor | None = None,
+        self, loss, b: SplitBatch, terms: FuzzyTerms | None = None, seg_f: torch.Tensor | None = None
     ) -> dict:
         """train_step's dict: the loss and DALE's statistics (progress.DALE_STATS), fetched with one host sync.
-        Without omega statistics (no fuzzy region here) omega reads 1, the noisy shares 0 and L_W 0."""
-        bg, fg = self._bg_fg(membership).unbind(1)
+        Without omega statistics (no fuzzy region here) omega reads 1, the noisy shares 0 and L_W 0. The first
+        gradient norm is the single update's or the non-fuzzy step's, the second the fuzzy step's."""
+        split = b.split
+        bg, fg = self._bg_fg(b.membership).unbind(1)
         fg, bg = fg[:, None], bg[:, None]
         zero = torch.zeros((), device=loss.device)
         nan = zero + float("nan")
+        norms = self._grad_norms
         stats = {
             "dale_fuzzy_fraction": split.fuzzy.mean(),
             "dale_nonfuzzy_fg_share": (split.nonfuzzy * fg).sum() / fg.sum().clamp_min(1e-8),
-            "dale_grad_norm_n": self._grad_norms.get("nonfuzzy", nan),
-            "dale_grad_norm_f": self._grad_norms.get("fuzzy", nan),
+            "dale_grad_norm_n": norms.get("update", norms.get("nonfuzzy", nan)),
+            "dale_grad_norm_f": norms.get("fuzzy", nan),
         }
         classes_used = zero - 1
-        if confidence is None:
+        if terms is None:
             stats.update(dale_mean_omega=zero + 1, dale_noisy_share=zero, dale_l_w=zero, dale_alpha_l_w=zero)
             stats.update(dale_omega_fg=zero + 1, dale_omega_bg=zero + 1, dale_noisy_fg=zero, dale_noisy_bg=zero)
             stats.update(dale_omega_moved=zero, dale_seg_loss_f=nan)
@@ -349,6 +425,7 @@ class nnUNetTrainerDALE(nnUNetTrainer):
                 weight = split.fuzzy * region
                 return (values * weight).sum() / weight.sum().clamp_min(1e-8)
 
+            confidence, alignment, mean_omega = terms.confidence, terms.alignment, terms.mean_omega
             omega, noisy = confidence.omega, confidence.noisy.to(split.fuzzy.dtype)
             stats.update(
                 dale_mean_omega=mean_omega.detach(),

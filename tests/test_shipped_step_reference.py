@@ -366,7 +366,7 @@ def test_shipped_step_equals_a_float64_reference_with_every_part_on(dataset_2d, 
     assert (cfg.omega_mode, cfg.omega_every, cfg.lookahead_steps, cfg.feature_site) == ("exact", 1, 1, "head")
     assert cfg.omega_normalise and cfg.clean_threshold > 0  # centred on the class means (the trainer's own centre)
     assert cfg.lw_scale == "trace" and cfg.target_momentum > 0 and cfg.alpha > 0
-    assert cfg.single_update and not cfg.mask_input and cfg.dice_scope == "region" and cfg.split_patches > 0
+    assert cfg.single_update and not cfg.mask_input and cfg.split_patches > 0
 
     torch.manual_seed(0)
     trainer = build(TinyShippedDALE, dataset_2d)

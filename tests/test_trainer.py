@@ -153,8 +153,9 @@ def reference_step(trainer, batch, learn_omega: bool = True) -> None:
 
 
 def test_exact_step_equals_a_slow_unshared_reference(dataset_2d, batch):
-    """The trainer's exact step (shared fuzzy forward, JVP hypergradient) lands on the parameters of the slow
-    reference (separate forwards, double backward), in float64; the same reference with omega = 1 does not."""
+    """The trainer's literal Algorithm 1 (`_algorithm_1`: shared fuzzy forward, JVP hypergradient) lands on the
+    parameters of the slow reference (separate forwards, double backward), in float64; the same reference with
+    omega = 1 does not. The shipped single update has its own reference (test_shipped_step_reference.py)."""
     batch64 = {"data": batch["data"].double(), "target": [t.double() for t in batch["target"]]}
     torch.manual_seed(0)
     trainers = [build(nnUNetTrainerDALE_paper, dataset_2d) for _ in range(3)]
@@ -255,7 +256,7 @@ V02_SHIPPED = {
     "lw_scale": "trace", "min_class_mass_per_dim": 4.0, "target_momentum": 0.9, "omega_normalise": True,
     "clean_threshold": 0.05, "single_update": True, "mask_input": False, "warmup_fraction": 0.1,
 }  # fmt: skip
-# ... and as 0.2's later commits wrote it, with the study's fields (omega_centre and omega_shuffle retired since)
+# ... and as 0.2's later commits wrote it, with the study's fields (omega_centre, omega_shuffle, dice_scope: retired)
 V02_SHIPPED_LATER = {**V02_SHIPPED, "omega_every": 1, "omega_centre": "mean", "dice_scope": "region",
                      "omega_shuffle": False}  # fmt: skip
 # nnUNetTrainerDALE_paper's, as 0.2.0 wrote it (then every field at the dataclass default)
@@ -270,8 +271,8 @@ V02_PAPER = {
 
 def test_shipped_and_paper_configurations_are_what_0_2_wrote():
     """The dataclass defaults are the shipped configuration and PAPER the literal reading, each as 0.2 recorded it
-    (with the two fields added since at their only value then); the trainers resolve to them."""
-    added = {"omega_every": 1, "dice_scope": "region"}
+    (with the field added since at its only value then); the trainers resolve to them."""
+    added = {"omega_every": 1}
     assert DALEConfig().to_dict() == SHIPPED.to_dict() == {**V02_SHIPPED, **added}
     assert PAPER.to_dict() == {**V02_PAPER, **added}
     assert load_config(nnUNetTrainerDALE.dale_defaults, environ={}) == SHIPPED
@@ -280,9 +281,9 @@ def test_shipped_and_paper_configurations_are_what_0_2_wrote():
 
 def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others(dataset_2d, monkeypatch, tmp_path):
     """A checkpoint as 0.2 wrote it (its configuration record written out above; weights and optimiser state from a
-    fresh trainer) resumes under the settings it was written with, also where a retired field (omega_shuffle) now
-    lives in a study trainer, and is refused under any other with one line naming the changed fields."""
-    from benchmarks.trainers.study_trainers import nnUNetTrainerDALE_omegaShuffled
+    fresh trainer) resumes under the settings it was written with, also where a retired field (omega_shuffle,
+    dice_scope) now lives in a study trainer, and is refused under any other with one line naming the changed fields."""
+    from benchmarks.trainers.study_trainers import nnUNetTrainerDALE_imageDice, nnUNetTrainerDALE_omegaShuffled
 
     path = tmp_path / "checkpoint_latest.pth"
     build(nnUNetTrainerDALE, dataset_2d).save_checkpoint(str(path))
@@ -294,11 +295,13 @@ def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others
         return str(path)
 
     shuffled = {**V02_SHIPPED_LATER, "omega_shuffle": True}
+    image_dice = {**V02_SHIPPED_LATER, "dice_scope": "image"}
     for cls, record in [
         (nnUNetTrainerDALE, V02_SHIPPED),
         (nnUNetTrainerDALE, V02_SHIPPED_LATER),
         (nnUNetTrainerDALE_paper, V02_PAPER),
         (nnUNetTrainerDALE_omegaShuffled, shuffled),
+        (nnUNetTrainerDALE_imageDice, image_dice),
     ]:
         trainer = build(cls, dataset_2d)
         trainer.load_checkpoint(written_by_0_2(record))
@@ -306,6 +309,8 @@ def test_a_0_2_checkpoint_resumes_under_its_settings_and_is_refused_under_others
     refused = [
         (nnUNetTrainerDALE, shuffled, {}, "omega_shuffle"),
         (nnUNetTrainerDALE_omegaShuffled, V02_SHIPPED, {}, "omega_shuffle"),
+        (nnUNetTrainerDALE, image_dice, {}, "dice_scope"),
+        (nnUNetTrainerDALE_imageDice, V02_SHIPPED_LATER, {}, "dice_scope"),
         (nnUNetTrainerDALE_noOmega, V02_SHIPPED_LATER, {}, "use_omega"),
         (nnUNetTrainerDALE, V02_SHIPPED, {"NNUNET_DALE_TAU": "0.8"}, "tau"),
         (nnUNetTrainerDALE_paper, V02_SHIPPED, {}, "clean_threshold, lw_scale, mask_input, min_class_mass_per_dim, "

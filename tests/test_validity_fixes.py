@@ -271,8 +271,6 @@ def test_config_rejects_bad_fix_settings():
         {"warmup_fraction": 1.0},
         {"clean_threshold": -0.1},
         {"single_update": True, "omega_mode": "fast"},
-        {"dice_scope": "batch"},
-        {"dice_scope": "image", "single_update": False},  # the image Dice belongs to the single update
     ):
         with pytest.raises(DALEConfigError):
             DALEConfig(**bad)
@@ -342,6 +340,16 @@ def test_image_dice_update_is_the_regions_ce_plus_nnunets_own_dice(dataset_2d, b
     for p, q in zip(image.network.parameters(), twin.network.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert max((p - q).abs().max() for p, q in zip(region.network.parameters(), twin.network.parameters())) > 1e-5
+
+
+def test_image_dice_needs_the_single_update(dataset_2d, monkeypatch):
+    """The study's image Dice is a Dice of the single update over both regions: with two steps it is refused at
+    initialisation (the field dice_scope it replaced refused the same setting), and it records itself as 0.2 did."""
+    assert build(nnUNetTrainerDALE_imageDice, dataset_2d).dale_record() == {**SHIPPED.to_dict(), "dice_scope": "image"}
+    monkeypatch.setenv("NNUNET_DALE_SINGLE_UPDATE", "0")
+    trainer = build(nnUNetTrainerDALE_imageDice, dataset_2d, initialize=False)
+    with pytest.raises(DALEConfigError, match="needs single_update true"):
+        trainer.initialize()
 
 
 def test_real_image_passes_see_the_unmasked_batch(dataset_2d, batch):

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_dale.alignment import fuzzy_objective
 from nnunet_dale.confidence import Confidence, shuffled_within_classes
 from nnunet_dale.config import PAPER_CHANGES
 from nnunet_dale.split import FuzzySplit
-from nnunet_dale.trainer import nnUNetTrainerDALE
+from nnunet_dale.trainer import FuzzyTerms, SplitBatch, nnUNetTrainerDALE
 from nnunet_dale.variants import (
     Schedule,
     nnUNetTrainer_GCE,
@@ -31,6 +32,7 @@ from nnunet_dale.variants import (
     nnUNetTrainerDALE_paper,
     nnUNetTrainerDALE_staleOmega,
 )
+from nnunet_dale.weighted_loss import weight_pyramid
 
 __all__ = [
     "nnUNetTrainer_bench",
@@ -131,9 +133,29 @@ class nnUNetTrainerDALE_omegaMedian(nnUNetTrainerDALE):
 
 class nnUNetTrainerDALE_imageDice(nnUNetTrainerDALE):
     """The shipped configuration with one Dice over the whole image in the single update (voxels weighted by omega)
-    instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there."""
+    instead of one per region: a Dice on the fuzzy region alone pulls harder towards foreground there (recorded in
+    its checkpoints as 0.2's dice_scope "image")."""
 
-    dale_defaults = {"dice_scope": "image"}
+    def initialize(self):
+        if not self.dale_config.single_update:
+            self._refuse("nnUNetTrainerDALE_imageDice's Dice is one of the single update over both regions: "
+                         "it needs single_update true")  # fmt: skip
+        super().initialize()
+
+    def _update_objective(self, b: SplitBatch, output_n, output_f, loss_n, loss_f, terms: FuzzyTerms) -> torch.Tensor:
+        """(L_n + L_f) / 2 with the same CE terms and one Dice over the image: each voxel weighted by its confidence,
+        omega where fuzzy and 1 where not, blended by the soft masks (nnU-Net's own Dice when omega = 1)."""
+        split, omega = b.split, terms.confidence.omega
+        blend = (split.nonfuzzy + omega * split.fuzzy) / (split.nonfuzzy + split.fuzzy).clamp_min(1e-8)
+        image = weight_pyramid(blend, b.target)
+        seg_f = b.fuzzy_loss(output_f, omega, image)
+        return 0.5 * (
+            b.nonfuzzy_loss(output_n, image)
+            + fuzzy_objective(seg_f, terms.alignment.loss, self.dale_config.alpha, terms.mean_omega)
+        )
+
+    def dale_record(self) -> dict[str, Any]:
+        return {**super().dale_record(), "dice_scope": "image"}
 
 
 class nnUNetTrainerDALE_omegaShuffled(nnUNetTrainerDALE):
