@@ -53,8 +53,8 @@ def test_the_rule_passes_just_inside_its_margins(planted):
 @pytest.mark.parametrize(
     "change, failed",
     [
-        (lambda r: (r[0], r[1], 0.489, r[3]), "Dice ≥ default's − 1 point ✗"),  # 1.1 points below
-        (lambda r: (r[0], r[1], r[2], 10.31), "HD95 ≤ default's × 1.03 ✗"),  # x 1.031
+        (lambda r: (r[0], r[1], 0.489, r[3]), "Dice ✗"),  # 1.1 points below
+        (lambda r: (r[0], r[1], r[2], 10.31), "HD95 ✗"),  # x 1.031
     ],
 )
 def test_the_rule_fails_just_outside_its_margins(planted, change, failed):
@@ -67,9 +67,9 @@ def test_the_rule_fails_just_outside_its_margins(planted, change, failed):
 def test_one_more_collapse_fails_the_size_shift_rule_but_not_the_standard_one(planted):
     folder, runs, collapses = planted
     ablation_file(folder, "main", runs, {**collapses, CANDIDATE: [4, 5, 7]})
-    assert "cases below 0.3 ≤ default's ✗" in verdict(folder)[0]
+    assert "cases ✗" in verdict(folder)[0]
     standard, _ = verdict(folder, size_shift_test=False)  # on the standard test only Dice counts: 0.491 < 0.5
-    assert standard.startswith("fails") and "Dice ≥ default's ✗" in standard
+    assert standard.startswith("fails") and "Dice ✗" in standard
 
 
 def test_a_replicate_and_a_transcribed_run(planted):
@@ -84,7 +84,7 @@ def test_a_replicate_and_a_transcribed_run(planted):
     ablation_file(folder, "later", [(CANDIDATE, 0, 0.1, 99.0)], {CANDIDATE: [29]})
     assert verdict(folder, ("main",))[0] == "2 of 3 runs, waits"
     text, replicates = verdict(folder, ("main", "typed", "later"))
-    assert "cases below 0.3 ≤ default's ✗" in text and "Dice ≥ default's − 1 point ✓" in text  # 4 + 5 + 9 > 15
+    assert "cases ✗" in text and "Dice ✓" in text  # 4 + 5 + 9 > 15
     assert [(r.trainer, r.fold, r.dice) for r in replicates] == [(CANDIDATE, 0, 0.1)]
 
 
