@@ -38,10 +38,11 @@ NAMES = {
     "nnUNetTrainerDALE_omegaEvery4_bench": "DALE, ω on every 4th iteration",
     "nnUNetTrainerDALE_noOmega_bench": "DALE without ω",
 }
+SHORT = {DEFAULT: "default", "nnUNetTrainerDALE_bench": "DALE", "nnUNetTrainerDALE_noOmega_bench": "`_noOmega`"}
 # test -> (its name, whether it is a size-shift test, its data files in order of preference)
 TESTS = {
     "ISIC": (
-        "the ISIC 2017 subset trained on its smaller lesions (≤ 9.8 % of the image) and tested on the 29 largest",
+        "trained on the ISIC 2017 subset's smaller lesions (≤ 9.8 % of the image), tested on its 29 largest",
         True,
         [
             "ablation-isic2017-64px-seed0-largest",
@@ -51,12 +52,12 @@ TESTS = {
         ],
     ),
     "bench 2×": (
-        "the built-in benchmark (data seed 4) on 200 test cases with 2× lesions",
+        "the built-in benchmark, data seed 4, 200 test cases with 2× lesions",
         True,
         ["ablation-benchmark-seed4-fix-test200-scale2", "ablation-benchmark-seed4-test200-scale2"],
     ),
     "bench": (
-        "the same runs on its 200 standard test cases",
+        "the same runs, 200 standard test cases",
         False,
         ["ablation-benchmark-seed4-fix-test200", "ablation-benchmark-seed4-sizeshift-test200"],
     ),
@@ -146,7 +147,7 @@ def table(folder: Path = DATA) -> str:
     for test, (_, size_shift, files) in TESTS.items():
         runs, extra = gather(files, folder)
         rows += [_row(test, t, runs[t]) for t in NAMES if t in runs]
-        replicates += [f"{test} {NAMES.get(r.trainer, r.trainer)} fold {r.fold}: {dice(r.dice)}" for r in extra]
+        replicates += [f"{test} {SHORT.get(r.trainer, r.trainer)} fold {r.fold} {dice(r.dice)}" for r in extra]
         for t in CANDIDATES:
             if t in runs:
                 verdicts[t].append(f"{test} {verdict(t, runs, size_shift)}")
@@ -159,7 +160,7 @@ def table(folder: Path = DATA) -> str:
         "64 px; runs are folds of the training set.",
     ]
     if replicates:
-        out += ["", "Replicates (a fold run twice; not in the table or the rule): " + "; ".join(replicates) + "."]
+        out += ["", "Replicates (a fold run again; not in the table or rule): " + "; ".join(replicates) + "."]
     out += [
         "",
         "The fix rule (study log, *size-shift-fix-plan*), over three runs against default on the same folds: on a "
