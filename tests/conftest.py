@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,46 @@ def cli_env(root: Path) -> dict:
     environ = nnunet_environment(root, without_dale_variables(), create=True)
     environ["nnUNet_extTrainer"] = run_cli("nnunet-dale", "trainers-path", env=environ).stdout.strip()
     return environ
+
+
+@dataclass(frozen=True)
+class QuickDemo:
+    """A finished `nnunet-dale demo --quick` (`quick_demo`): its folder, command, environment and first run."""
+
+    out: Path
+    cmd: list[str]
+    env: dict[str, str]
+    first: subprocess.CompletedProcess
+    dataset: str = "Dataset990_DALEBench"
+
+    @property
+    def folders(self) -> dict[str, str]:
+        """The demo's nnUNet_raw / _preprocessed / _results, to read its dataset, plans and models from. Asserts that
+        the demo ran."""
+        assert self.first.returncode == 0, "nnunet-dale demo --quick failed:\n" + self.first.stdout[-3000:]
+        return {name: str(self.out / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+
+    def model(self, trainer: str) -> Path:
+        """The result folder (`<trainer>__nnUNetPlans__2d`, parent of fold_0) of one of the demo's two trainings."""
+        return Path(self.folders["nnUNet_results"]) / self.dataset / f"{trainer}__nnUNetPlans__2d"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> QuickDemo:
+    """`nnunet-dale demo --quick` run once for the session as a user runs it (its own process, no nnUNet_* or
+    NNUNET_DALE_* variables): the benchmark Dataset990_DALEBench (10 training cases with noisy labels, 4 test cases
+    with clean ones, seed 0) planned, nnUNetTrainer_quick and nnUNetTrainerDALE_quick trained on fold 0 (2 epochs x 10
+    iterations) by nnUNetv2_train, the test cases predicted by nnUNetv2_predict and evaluated, the comparison made.
+    The slow end-to-end tests share these trainings instead of training their own. They only read the demo's folder
+    (what they run on its models writes into their own temporary folders); only test_demo runs the demo again in it,
+    which must reuse every step."""
+    out = tmp_path_factory.mktemp("quick_demo") / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", DALE_VARIABLE_PREFIX))}
+    cmd = [str(BIN / "nnunet-dale"), "demo", "--quick", "-o", str(out)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    return QuickDemo(out, cmd, env, first)
+
+
+def tree_state(folder: Path) -> dict[Path, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time: equal before and after, nothing was written."""
+    return {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(folder).rglob("*")) if f.is_file()}

@@ -44,7 +44,7 @@ from nnunet_dale.config import DALEConfig
 from nnunet_dale.split import fuzzy_split
 from nnunet_dale.weighted_loss import PixelWeightedDCandCE
 
-from conftest import cli_env
+from conftest import cli_env, tree_state
 from conftest import run_cli as run
 
 
@@ -381,12 +381,12 @@ def test_clear_errors_for_a_missing_folder_checkpoint_or_preprocessed_path(tmp_p
 
 
 @pytest.mark.slow
-def test_audit_command_on_a_trained_dale_model(tmp_path):
-    env = cli_env(tmp_path)
-    run("nnunet-dale", "make-benchmark", "--id", "984", "--train", "6", "--test", "1", "--size", "64", env=env)
-    run("nnUNetv2_plan_and_preprocess", "-d", "984", "-c", "2d", "-np", "1", "-npfp", "1", env=env)
-    run("nnUNetv2_train", "984", "2d", "0", "-tr", "nnUNetTrainerDALE_quick", "-device", "cpu", env=env)
-    model = tmp_path / "nnUNet_results" / "Dataset984_DALEBench" / "nnUNetTrainerDALE_quick__nnUNetPlans__2d"
+def test_audit_command_on_a_trained_dale_model(quick_demo, tmp_path):
+    """The quick demo's nnUNetTrainerDALE_quick (conftest.quick_demo: 10 noisy training cases, trained by
+    nnUNetv2_train), audited with its preprocessed data; the demo's folders are only read."""
+    env = {**cli_env(tmp_path), **quick_demo.folders}
+    model = quick_demo.model("nnUNetTrainerDALE_quick")
+    before = tree_state(quick_demo.out)
 
     out = tmp_path / "audit"
     result = run("nnunet-dale", "audit", str(model), "-f", "0", "-o", str(out), "--passes", "2", "--top", "3",
@@ -394,10 +394,10 @@ def test_audit_command_on_a_trained_dale_model(tmp_path):
     with open(out / "audit.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     cases = [r for r in rows if r["region"] == "all"]
-    assert sorted(r["case"] for r in cases) == [f"train_{i:03d}" for i in range(6)]  # every training case
+    assert sorted(r["case"] for r in cases) == [f"train_{i:03d}" for i in range(10)]  # every training case
     scores = [float(r["case_score"]) for r in cases]
     assert scores == [float(r["evidence"]) for r in cases] == sorted(scores, reverse=True)
-    assert [int(r["rank"]) for r in cases] == list(range(1, 7)) and all(s >= 0 for s in scores)
+    assert [int(r["rank"]) for r in cases] == list(range(1, 11)) and all(s >= 0 for s in scores)
     assert all(0 <= float(r["score"]) <= 1 for r in cases)
     regions = [r for r in rows if r["region"] != "all"]
     assert all(int(r["band_px"]) > 0 for r in regions)
@@ -405,8 +405,9 @@ def test_audit_command_on_a_trained_dale_model(tmp_path):
         f"{i:02d}_{cases[i - 1]['case']}.png" for i in (1, 2, 3)
     ]
     quality = json.loads((out / "quality.json").read_text())  # the benchmark's clean labels are found
-    assert quality["num_cases"] == 6 and 0 <= quality["evidence"]["auroc_above_median"] <= 1
+    assert quality["num_cases"] == 10 and 0 <= quality["evidence"]["auroc_above_median"] <= 1
     assert "auroc_above_median" in result.stdout
     meta = json.loads((out / "audit.json").read_text())
     assert meta["trainer"] == "nnUNetTrainerDALE_quick" and meta["split_patch_size"] == [4, 4]  # 16 per side
     assert not list(out.glob(".*"))  # no staging leftovers
+    assert tree_state(quick_demo.out) == before

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +16,10 @@ from nnunet_dale.demo import Demo, DemoError, DemoSettings
 pytestmark = pytest.mark.slow
 
 
-def test_quick_demo_end_to_end_and_rerun_reuses_steps(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_DALE_"))}
-    cmd = [str(Path(sys.executable).parent / "nnunet-dale"), "demo", "--quick", "-o", str(tmp_path / "demo")]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
+def test_quick_demo_end_to_end_and_rerun_reuses_steps(quick_demo):
+    """The session's `nnunet-dale demo --quick` (conftest.quick_demo, whose trainings the other slow tests share)."""
+    first, out, cmd, env = quick_demo.first, quick_demo.out, quick_demo.cmd, quick_demo.env
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    out = tmp_path / "demo"
     comparison = json.loads((out / "comparison" / "comparison.json").read_text())
     assert (out / "comparison" / "comparison.png").stat().st_size > 10_000
     for name in ("nnUNetTrainer_quick_fold0", "nnUNetTrainerDALE_quick_fold0"):

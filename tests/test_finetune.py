@@ -1,13 +1,15 @@
 """Fine-tuning with DALE from pretrained weights, through nnU-Net's real command lines (slow).
 
-Recipe of docs/finetuning.md: pretrain default nnU-Net on dataset 981, move its plans to dataset 982 (fingerprint and
-plan 982, nnUNetv2_move_plans_between_datasets, nnUNetv2_preprocess -plans_name), fine-tune DALE on 982 with
--pretrained_weights; then a DALE checkpoint as the source of a DALE fine-tuning.
+Recipe of docs/finetuning.md: pretrain default nnU-Net on a dataset (here the session's quick demo's
+nnUNetTrainer_quick, trained by nnUNetv2_train on Dataset990: conftest.quick_demo), move its plans to dataset 982
+(fingerprint and plan 982, nnUNetv2_move_plans_between_datasets, nnUNetv2_preprocess -plans_name), fine-tune DALE on
+982 with -pretrained_weights; then a DALE checkpoint as the source of a DALE fine-tuning.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,30 @@ from conftest import cli_env
 from conftest import run_cli as run
 
 pytestmark = pytest.mark.slow
-PLANS = "nnUNetPlansFrom981"
+PLANS = "nnUNetPlansFrom990"
+TRAINER = "nnUNetTrainerDALE_finetune_test"
+VARIANT = f'''
+from nnunet_dale.variants import nnUNetTrainerDALE_finetune_quick
+
+
+class {TRAINER}(nnUNetTrainerDALE_finetune_quick):
+    """Test only: the fine-tuning schedule (initial lr 1e-3) at 2 epochs x 3 iterations (2 validation ones)."""
+
+    epochs, iterations, val_iterations = 2, 3, 2
+'''
+SOURCE = "Dataset990_DALEBench"  # the quick demo's dataset
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
-    return cli_env(tmp_path_factory.mktemp("finetune"))
+    """nnU-Net's folders in a temporary one, with a test-only nnUNetTrainerDALE_finetune_quick of 2 x 3 iterations
+    (a DALE iteration costs several seconds on 2 CPU cores) on nnUNet_extTrainer before the package's trainers."""
+    root = tmp_path_factory.mktemp("finetune")
+    environ = cli_env(root)
+    (root / "extra_trainers").mkdir()
+    (root / "extra_trainers" / "finetune_test_trainers.py").write_text(VARIANT)
+    environ["nnUNet_extTrainer"] = os.pathsep.join([str(root / "extra_trainers"), environ["nnUNet_extTrainer"]])
+    return environ
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -53,33 +73,34 @@ def fresh_network(dataset: str, plans: str, env: dict) -> dict[str, torch.Tensor
 
 
 @pytest.fixture(scope="module")
-def finetuned(env) -> dict:
-    """Pretrain nnUNetTrainer_quick on 981, transfer its plans to 982, fine-tune nnUNetTrainerDALE_finetune_quick."""
+def finetuned(env, quick_demo) -> dict:
+    """The quick demo's nnUNetTrainer_quick (pretrained on 990) as the source: its plans transferred to 982 (a
+    benchmark of another seed and noise), nnUNetTrainerDALE_finetune_quick (2 x 3 iterations) fine-tuned on 982 from
+    its weights."""
     raw = Path(env["nnUNet_raw"])
     results = Path(env["nnUNet_results"])
-    common = ["--train", "8", "--test", "2", "--size", "64"]
-    run("nnunet-dale", "make-benchmark", "--raw", str(raw), "--id", "981", *common, env=env)
-    run("nnunet-dale", "make-benchmark", "--raw", str(raw), "--id", "982", "--noise", "2.0", "--seed", "1", *common,
-        env=env)  # fmt: skip
-    run("nnUNetv2_plan_and_preprocess", "-d", "981", "-c", "2d", "-np", "1", "-npfp", "1", env=env)
-    run("nnUNetv2_train", "981", "2d", "0", "-tr", "nnUNetTrainer_quick", "-device", "cpu", env=env)
-    source = (
-        results / "Dataset981_DALEBench" / "nnUNetTrainer_quick__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
-    )
+    run("nnunet-dale", "make-benchmark", "--raw", str(raw), "--id", "982", "--noise", "2.0", "--seed", "1",
+        "--train", "8", "--test", "2", "--size", "64", env=env)  # fmt: skip
+    source = quick_demo.model("nnUNetTrainer_quick") / "fold_0" / "checkpoint_final.pth"
     assert source.is_file()
+    # the source's planned folder as nnUNetv2_plan_and_preprocess left it, as far as the plans transfer reads it
+    planned = Path(env["nnUNet_preprocessed"]) / SOURCE
+    planned.mkdir(parents=True)
+    for name in ("nnUNetPlans.json", "dataset.json"):
+        shutil.copy(Path(quick_demo.folders["nnUNet_preprocessed"]) / SOURCE / name, planned / name)
 
     # transfer the pretrained model's plans to the target dataset (nnU-Net's pretraining documentation)
     run("nnUNetv2_extract_fingerprint", "-d", "982", "-np", "1", env=env)
     run("nnUNetv2_plan_experiment", "-d", "982", env=env)  # also puts dataset.json where nnUNetv2_preprocess reads it
-    run("nnUNetv2_move_plans_between_datasets", "-s", "981", "-t", "982", "-sp", "nnUNetPlans", "-tp", PLANS, env=env)
+    run("nnUNetv2_move_plans_between_datasets", "-s", "990", "-t", "982", "-sp", "nnUNetPlans", "-tp", PLANS, env=env)
     run("nnUNetv2_preprocess", "-d", "982", "-plans_name", PLANS, "-c", "2d", "-np", "1", env=env)
     assert (Path(env["nnUNet_preprocessed"]) / "Dataset982_DALEBench" / f"{PLANS}_2d").is_dir()
 
     trained = run(
-        "nnUNetv2_train", "982", "2d", "0", "-tr", "nnUNetTrainerDALE_finetune_quick", "-p", PLANS,
+        "nnUNetv2_train", "982", "2d", "0", "-tr", TRAINER, "-p", PLANS,
         "-pretrained_weights", str(source), "-device", "cpu", env=env,
     )  # fmt: skip
-    out = results / "Dataset982_DALEBench" / f"nnUNetTrainerDALE_finetune_quick__{PLANS}__2d" / "fold_0"
+    out = results / "Dataset982_DALEBench" / f"{TRAINER}__{PLANS}__2d" / "fold_0"
     return {"source": source, "out": out, "stdout": trained.stdout}
 
 
@@ -96,7 +117,7 @@ def test_dale_finetunes_from_a_default_nnunet_checkpoint(finetuned, env):
     body = [k for k in tuned if ".seg_layers." not in k and tuned[k].is_floating_point() and tuned[k].ndim > 1]
     heads = [k for k in tuned if ".seg_layers." in k and k.endswith("weight")]
     assert body and heads
-    # started from the pretrained weights: after 40 small steps the convolutions are still far closer to the
+    # started from the pretrained weights: after 6 small steps the convolutions are still far closer to the
     # pretrained ones than an nnU-Net initialisation is (independent inits are about sqrt(2) norms apart)
     moved, init_gap = distance(tuned, pretrained, body), distance(fresh, pretrained, body)
     assert moved < 0.2 * init_gap, (moved, init_gap)
@@ -104,21 +125,23 @@ def test_dale_finetunes_from_a_default_nnunet_checkpoint(finetuned, env):
     assert distance(tuned, pretrained, heads) > 0.5 * distance(fresh, pretrained, heads)
 
 
-def test_a_dale_checkpoint_is_a_pretrained_source_too(finetuned, env, monkeypatch):
-    """The DALE run above as the source of a DALE fine-tuning on 981 (its plans are 981's): loaded by nnU-Net's own
-    maybe_load_checkpoint, the code path of `nnUNetv2_train -pretrained_weights`, without another training."""
+def test_a_dale_checkpoint_is_a_pretrained_source_too(finetuned, env, quick_demo, monkeypatch):
+    """The DALE run above as the source of a DALE fine-tuning on 990 (its plans are 990's; the quick demo's
+    preprocessed 990, read only): loaded by nnU-Net's own maybe_load_checkpoint, the code path of `nnUNetv2_train
+    -pretrained_weights`, without another training."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
     from nnunet_dale.variants import nnUNetTrainerDALE_finetune_quick
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for name in ("nnUNet_raw", "nnUNet_results"):
         monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("nnUNet_preprocessed", quick_demo.folders["nnUNet_preprocessed"])
     for key in [k for k in os.environ if k.startswith("NNUNET_DALE_")]:
         monkeypatch.delenv(key)
     source = finetuned["out"] / "checkpoint_final.pth"
     assert torch.load(source, map_location="cpu", weights_only=False)["logging"].get("_dale_config")  # a DALE one
-    folder = Path(env["nnUNet_preprocessed"]) / "Dataset981_DALEBench"
+    folder = Path(quick_demo.folders["nnUNet_preprocessed"]) / SOURCE
     plans = load_json(folder / "nnUNetPlans.json")
     plans["continue_training"] = False  # as nnU-Net's run_training sets it
     trainer = nnUNetTrainerDALE_finetune_quick(
