@@ -74,7 +74,7 @@ NO_DIRECTION = {  # omega modes that look along a direction v, when there is non
     "fast": "no non-fuzzy gradient: omega = 1 for this iteration",
     "stale": "no momentum buffer yet (the optimiser's first step): omega = 1 for this iteration",
 }
-NO_FUZZY_REGION = "no fuzzy region: omega and fuzzy step skipped"
+NO_FUZZY_REGION = "no fuzzy region: omega and L_f skipped"  # true of both steps: no L_f in the update or no fuzzy step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -420,7 +420,7 @@ def test_degenerate_batches_in_every_mode(dataset_2d, batch, monkeypatch, mode, 
     skipped = (*OMEGA_STATS, *NOT_ALWAYS_DEFINED)
     assert all(np.isfinite(v) for out in outputs for k, v in out.items() if k not in skipped)
     if case == "nothing fuzzy":
-        assert taken == [] and trainer.dale_fallbacks["no fuzzy region: omega and fuzzy step skipped"] == 2
+        assert taken == [] and trainer.dale_fallbacks["no fuzzy region: omega and L_f skipped"] == 2
     else:
         assert outputs[0]["dale_fuzzy_fraction"] == 1
         assert len(taken) == {"every4": 0}.get(mode, 2)

@@ -67,7 +67,7 @@ def test_degenerate_batches_train_without_nan(dataset_2d, batch, case, cls):
     assert all_finite(trainer)
     if case == "constant image, all background":  # m = 0 everywhere: nothing is fuzzy
         assert out["dale_fuzzy_fraction"] == 0
-        assert trainer.dale_fallbacks["no fuzzy region: omega and fuzzy step skipped"] == 2
+        assert trainer.dale_fallbacks["no fuzzy region: omega and L_f skipped"] == 2
     if case == "class only in fuzzy":
         assert trainer.dale_fallbacks["class skipped in L_W (too little weight in a region)"] == 2
 
