@@ -35,15 +35,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from benchmarks.real_data import DATASETS, SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import provenance, read_section, write_section
 from benchmarks.trainers import add_study_trainers
 from nnunet_dale.compare import DEFAULT_METRICS as METRICS
 from nnunet_dale.compare import LOWER_IS_BETTER, compare, format_p, load_run
 from nnunet_dale.compare.size_bins import format_size_table, size_breakdown
-from nnunet_dale.demo import Demo, DemoSettings
+from nnunet_dale.demo import Demo, DemoSettings, training_minutes
 from nnunet_dale.files import atomic_write
 from nnunet_dale.holdout import HOLD_OUT_BY, check_hold_out
 
@@ -65,13 +63,6 @@ def make_study(args: argparse.Namespace) -> Demo:
         raise FileNotFoundError(f"{source} does not exist (see ../shared/data/README.md)")
     data = RealData(args.dataset, source, args.max_size, 0.3, args.hold_out_seed, args.hold_out_by)
     return RealDataBenchmark(args.output, data, DemoSettings(baseline=baseline, dale=others[0]))
-
-
-def training_minutes(study: Demo, trainer: str, fold: int) -> float:
-    """Wall time of a finished training (first epoch start to last epoch end, from nnU-Net's checkpoint log)."""
-    checkpoint = study._result_folder(trainer, fold) / "checkpoint_final.pth"
-    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return (log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][0]) / 60
 
 
 def _runs_mean_sd(values: list[float]) -> str:

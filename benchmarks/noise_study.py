@@ -42,13 +42,12 @@ from typing import Any
 from unittest import mock
 
 from benchmarks.ablation import run_record as evaluation_means
-from benchmarks.ablation import training_minutes
 from benchmarks.real_data import DATASETS as REAL_DATASETS
 from benchmarks.real_data import SHARED_DATA, RealData, RealDataBenchmark
 from benchmarks.report import portable_path, write_section
 from benchmarks.trainers import add_study_trainers
 from nnunet_dale.cli import USER_ERRORS
-from nnunet_dale.demo import Demo, DemoError, DemoSettings, RawDatasetDemo
+from nnunet_dale.demo import Demo, DemoError, DemoSettings, RawDatasetDemo, training_minutes
 from nnunet_dale.files import atomic_write, json_safe
 from nnunet_dale.label_noise import RECORD_KEY, add_label_noise
 from nnunet_dale.nnunet_env import FOLDER_VARIABLES

@@ -41,7 +41,7 @@ def main() -> None:
 
     settings = DemoSettings(
         dataset_id=992, num_train=args.train, num_test=args.test, seed=args.seed,
-        baseline="nnUNetTrainer_bench", dale="nnUNetTrainerDALE_bench",
+        baseline="nnUNetTrainer_bench", dale="nnUNetTrainerDALE_bench", same_time=None,
     )  # fmt: skip
     start = time.perf_counter()
     demo = Demo(Path(args.output), settings)

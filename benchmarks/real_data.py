@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> None:
     if not args.source.exists():
         raise FileNotFoundError(f"source {args.source} does not exist (pass --source; see ../shared/data/README.md)")
     trainers = ("_quick", "DALE_quick") if args.quick else ("_bench", "DALE_bench")
-    settings = DemoSettings(baseline=f"nnUNetTrainer{trainers[0]}", dale=f"nnUNetTrainer{trainers[1]}")
+    settings = DemoSettings(baseline=f"nnUNetTrainer{trainers[0]}", dale=f"nnUNetTrainer{trainers[1]}", same_time=None)
     data = RealData(args.dataset, args.source, args.max_size, args.hold_out, args.hold_out_seed)
     start = time.perf_counter()
     bench = RealDataBenchmark(args.output, data, settings)

@@ -1,11 +1,15 @@
-"""`nnunet-dale demo`: the built-in benchmark end to end with real nnU-Net, default trainer vs DALE.
+"""`nnunet-dale demo`: the built-in benchmark end to end with real nnU-Net: default trainer, DALE, and default nnU-Net
+given DALE's wall time.
 
-generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (both trainers, same short
-schedule) -> nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table, PNG and a
-one-line verdict. Everything lives in one output folder; finished steps are reused when the demo is run again. The
-terminal shows one line per stage (a progress bar while it runs); nnU-Net's own output goes to `logs/<step>.log`, and
-a failed step prints the end of its log. `RawDatasetDemo` runs the same steps on an existing raw dataset with a test
-split (`python -m benchmarks.real_data`).
+generate the noisy-label benchmark -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (three trainers: default nnU-Net
+and DALE on the same short schedule, and default nnU-Net with 2.5 x its epochs, about DALE's measured wall time) ->
+nnUNetv2_predict on the test cases -> evaluate against the clean labels -> comparison table (against default nnU-Net),
+PNG and a one-line verdict: DALE against default at the same epochs and at DALE's time, the three training times, and
+what the label-noise study found (NOISE_STUDY_READING). Everything lives in one output folder; finished steps are
+reused when the demo is run again. The terminal shows one line per stage (a progress bar while it runs); nnU-Net's own
+output goes to `logs/<step>.log`, and a failed step prints the end of its log. `RawDatasetDemo` runs the same steps on
+an existing raw dataset with a test split (`python -m benchmarks.real_data`, which trains its baseline and DALE only:
+`DemoSettings.same_time` None).
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ from nnunet_dale.benchmark_data import make_benchmark
 from nnunet_dale.nnunet_env import FOLDER_VARIABLES, nnunet_environment
 
 __all__ = [
+    "BASELINE",
     "BIN",
+    "DALE",
+    "NOISE_STUDY_READING",
     "RUN_NOISE_POINTS",
+    "SAME_TIME",
     "Demo",
     "DemoError",
     "DemoSettings",
@@ -42,6 +50,7 @@ __all__ = [
     "Stage",
     "nnunet_command",
     "run_demo",
+    "training_minutes",
     "verdict",
 ]
 
@@ -51,11 +60,17 @@ LOG_TAIL = 20  # lines of a failed step's log shown on the terminal
 # The validity study's run-to-run noise: the same trainer retrained on the same fold moved by up to 1.5 Dice points
 # (docs/results.md). A one-run Dice difference within it does not rank the trainers.
 RUN_NOISE_POINTS = 1.5
+# The demo's method names: the baseline (the comparison's first method), DALE, and default nnU-Net given DALE's time.
+BASELINE, DALE, SAME_TIME = "nnU-Net", "DALE", "nnU-Net, DALE's time"
+# What the label-noise study found (docs/results.md), the end of the demo's verdict.
+NOISE_STUDY_READING = "the label-noise study's reading is pending (docs/results.md)"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What the demo generates and trains; the defaults take about 5 minutes on 2 CPU cores."""
+    """What the demo generates and trains; the defaults take about 8 minutes on 2 CPU cores (an estimate: 4.8 were
+    measured with the baseline and DALE alone; the third training, default nnU-Net given DALE's time, adds about
+    DALE's)."""
 
     dataset_id: int = 990
     num_train: int = 40
@@ -66,6 +81,9 @@ class DemoSettings:
     baseline: str = "nnUNetTrainer_demo"
     dale: str = "nnUNetTrainerDALE_demo"
     fold: int = 0
+    # default nnU-Net given DALE's wall time (method SAME_TIME); None: only the baseline and DALE are trained. A study
+    # that names its own baseline and DALE and calls `run_folds` sets it (or None) too.
+    same_time: str | None = "nnUNetTrainer_demoSameTime"
 
 
 class DemoError(RuntimeError):
@@ -136,9 +154,18 @@ class Stage:
         self.close()
 
 
-def verdict(comparison: dict, baseline: str = "nnU-Net", method: str = "DALE") -> str:
-    """One line from a comparison's numbers: the Dice difference in points against the run noise (RUN_NOISE_POINTS),
-    and the HD95 change with its paired p over the test cases (significant below 0.05)."""
+def verdict(
+    comparison: dict,
+    baseline: str = BASELINE,
+    method: str = DALE,
+    same_time: str = SAME_TIME,
+    minutes: dict[str, float] | None = None,
+) -> str:
+    """One line from a comparison's numbers: `method` (DALE) against `baseline` at the same epochs, as the Dice
+    difference in points against the run noise (RUN_NOISE_POINTS) and the HD95 change with its paired p over the test
+    cases (significant below 0.05). If the comparison has the method `same_time` (default nnU-Net given DALE's time):
+    then DALE against it (Dice points, HD95 change), the training minutes per method in `minutes` (those given), and
+    NOISE_STUDY_READING. Without it, the two-trainer line alone."""
     label = comparison["labels"][0]
     stats, tests = comparison["stats"][label], comparison["comparisons"][label][method]
     dice = 100 * (stats[method]["Dice"]["mean"] - stats[baseline]["Dice"]["mean"])
@@ -157,10 +184,34 @@ def verdict(comparison: dict, baseline: str = "nnU-Net", method: str = "DALE") -
             else f"{'significant' if p < 0.05 else 'not significant'}, p = {p:.2f} over the {n} test cases"
         )  # fmt: skip
         parts.append(f"HD95 {100 * change:+.0f} % ({significance})")
-    return (
-        f"{method} vs default {baseline}: {', '.join(parts)} — {reading}; one run cannot rank the trainers "
-        "(docs/results.md)."
-    )
+    line = f"{method} vs default {baseline}: {', '.join(parts)} — {reading}; "
+    end = "one run cannot rank the trainers (docs/results.md)"
+    if same_time not in stats:
+        return f"{line}{end}."
+    return f"{line}{_same_time_reading(stats, baseline, method, same_time, minutes)}{end} — {NOISE_STUDY_READING}."
+
+
+def _same_time_reading(stats: dict, baseline: str, method: str, same_time: str, minutes: dict | None) -> str:
+    """The verdict's middle: `method` against `same_time` (Dice points, HD95 change of the means), then the training
+    minutes of the methods in `minutes`; each part ends in "; "."""
+    from nnunet_dale.compare.stats import relative_change
+
+    dice = 100 * (stats[method]["Dice"]["mean"] - stats[same_time]["Dice"]["mean"])
+    if f"{abs(dice):.1f}" == "0.0":
+        side = f"{method} level"
+    else:
+        side = f"{method} {'ahead' if dice > 0 else 'behind'}"
+    side += ", within run noise" if abs(dice) <= RUN_NOISE_POINTS else " by more than run noise"
+    parts = [f"Dice {dice:+.1f} points ({side})"]
+    hd95 = [stats[m].get("HD95", {}).get("mean") for m in (method, same_time)]
+    change = relative_change(*hd95) if None not in hd95 else None  # None: not in the comparison, or not finite
+    if change is not None and math.isfinite(change):
+        parts.append(f"HD95 {100 * change:+.0f} %")
+    text = f"vs default {baseline} given {method}'s time: {', '.join(parts)}; "
+    timed = [m for m in stats if minutes and m in minutes]
+    if timed:
+        text += f"training {' / '.join(f'{minutes[m]:.1f}' for m in timed)} min ({' / '.join(timed)}); "
+    return text
 
 
 def nnunet_command(name: str) -> str:
@@ -192,14 +243,34 @@ class Demo:
         table = self.compare(runs)
         print(table, flush=True)
         print(f"Figure: {self.out / 'comparison' / 'comparison.png'}", flush=True)
-        print(f"Verdict: {verdict(self.comparison)}", flush=True)
+        print(f"Verdict: {verdict(self.comparison, minutes=self.training_minutes(self.s.fold))}", flush=True)
         minutes = (time.perf_counter() - start) / 60
         self._say(f"done in {minutes:.1f} min. Everything is in {self.out}; nnU-Net's logs in {self.logs}")
         return self.out
 
     @property
-    def trainers(self) -> tuple[str, str]:
-        return self.s.baseline, self.s.dale
+    def methods(self) -> dict[str, str]:
+        """The trainer of each method, the baseline first: "nnU-Net", "DALE" and, unless the settings' `same_time` is
+        None, "nnU-Net, DALE's time" (SAME_TIME)."""
+        methods = {BASELINE: self.s.baseline, DALE: self.s.dale}
+        if self.s.same_time is not None:
+            methods[SAME_TIME] = self.s.same_time
+        return methods
+
+    @property
+    def trainers(self) -> tuple[str, ...]:
+        return tuple(self.methods.values())
+
+    def training_minutes(self, fold: int) -> dict[str, float]:
+        """The measured training minutes (`training_minutes`) of each method's finished training of `fold`; a method
+        whose checkpoint cannot be read is left out."""
+        found = {}
+        for method, trainer in self.methods.items():
+            try:
+                found[method] = training_minutes(self, trainer, fold)
+            except (OSError, RuntimeError, ValueError, KeyError, IndexError, TypeError):
+                continue
+        return found
 
     def prepare(self) -> None:
         """Steps 1-2: the raw dataset (`make_dataset`), planned and preprocessed by nnU-Net."""
@@ -219,10 +290,11 @@ class Demo:
             )  # fmt: skip
 
     def run_folds(self, folds: Sequence[int]) -> dict[str, list[Path]]:
-        """Steps 3-5 for both trainers, fold by fold: the evaluation folders per method ("nnU-Net", "DALE")."""
-        runs: dict[str, list[Path]] = {"nnU-Net": [], "DALE": []}
+        """Steps 3-5 for each trainer (`methods`), fold by fold: the evaluation folders per method ("nnU-Net", "DALE"
+        and, with the settings' `same_time`, "nnU-Net, DALE's time"), the baseline first."""
+        runs: dict[str, list[Path]] = {method: [] for method in self.methods}
         for fold in folds:
-            for method, trainer in zip(runs, self.trainers):
+            for method, trainer in self.methods.items():
                 runs[method].append(self.train_predict_evaluate(trainer, fold))
         return runs
 
@@ -392,7 +464,7 @@ class Demo:
 
 class RawDatasetDemo(Demo):
     """The demo's pipeline on an existing nnU-Net raw dataset that has a test split (imagesTs + labelsTs, e.g. from
-    `nnunet-dale convert ... --hold-out 0.3`): plan, train both trainers, predict imagesTs, evaluate against labelsTs,
+    `nnunet-dale convert ... --hold-out 0.3`): plan, train the trainers, predict imagesTs, evaluate against labelsTs,
     compare. `nnUNet_raw` is the dataset's parent folder; preprocessed data, results and everything else go to
     `out_dir`. Of `settings` only the trainers and the fold are used (the dataset id comes from the folder name)."""
 
@@ -425,6 +497,15 @@ class RawDatasetDemo(Demo):
         if not any((self.source / "labelsTs").iterdir()):
             raise DemoError(f"{self.source / 'labelsTs'} is empty: no test cases to evaluate")
         return self.source
+
+
+def training_minutes(study: Demo, trainer: str, fold: int) -> float:
+    """Wall time of a finished training (first epoch start to last epoch end, from nnU-Net's checkpoint log)."""
+    import torch
+
+    checkpoint = study._result_folder(trainer, fold) / "checkpoint_final.pth"
+    log = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return (log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][0]) / 60
 
 
 def _epochs(trainer: str, ext_trainer: str = "") -> int | None:

@@ -125,7 +125,7 @@ class QuickDemo:
         return {name: str(self.out / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
     def model(self, trainer: str) -> Path:
-        """The result folder (`<trainer>__nnUNetPlans__2d`, parent of fold_0) of one of the demo's two trainings."""
+        """The result folder (`<trainer>__nnUNetPlans__2d`, parent of fold_0) of one of the demo's three trainings."""
         return Path(self.folders["nnUNet_results"]) / self.dataset / f"{trainer}__nnUNetPlans__2d"
 
 
@@ -133,8 +133,9 @@ class QuickDemo:
 def quick_demo(tmp_path_factory) -> QuickDemo:
     """`nnunet-dale demo --quick` run once for the session as a user runs it (its own process, no nnUNet_* or
     NNUNET_DALE_* variables): the benchmark Dataset990_DALEBench (10 training cases with noisy labels, 4 test cases
-    with clean ones, seed 0) planned, nnUNetTrainer_quick and nnUNetTrainerDALE_quick trained on fold 0 (2 epochs x 10
-    iterations) by nnUNetv2_train, the test cases predicted by nnUNetv2_predict and evaluated, the comparison made.
+    with clean ones, seed 0) planned, nnUNetTrainer_quick and nnUNetTrainerDALE_quick (2 epochs x 10 iterations) and
+    nnUNetTrainer_quickSameTime (5 epochs, default nnU-Net given DALE's time) trained on fold 0 by nnUNetv2_train, the
+    test cases predicted by nnUNetv2_predict and evaluated, the comparison made.
     The slow end-to-end tests share these trainings instead of training their own. They only read the demo's folder
     (what they run on its models writes into their own temporary folders); only test_demo runs the demo again in it,
     which must reuse every step."""

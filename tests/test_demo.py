@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnunet_dale.demo import Demo, DemoError, DemoSettings
+from nnunet_dale.demo import NOISE_STUDY_READING, Demo, DemoError, DemoSettings
 
 pytestmark = pytest.mark.slow
 
@@ -22,18 +22,24 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(quick_demo):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     comparison = json.loads((out / "comparison" / "comparison.json").read_text())
     assert (out / "comparison" / "comparison.png").stat().st_size > 10_000
-    for name in ("nnUNetTrainer_quick_fold0", "nnUNetTrainerDALE_quick_fold0"):
+    for name in ("nnUNetTrainer_quick_fold0", "nnUNetTrainerDALE_quick_fold0", "nnUNetTrainer_quickSameTime_fold0"):
         summary = json.loads((out / "evaluation" / name / "summary.json").read_text())
         assert len(summary["metric_per_case"]) == 4  # the test cases, evaluated against the clean labels
         assert math.isfinite(summary["mean"]["1"]["Dice"])
     assert "| Dice" in first.stdout and f"Everything is in {out}" in first.stdout
-    # a person's screen: one line per stage, the table, the figure and a verdict; nnU-Net's output only in the logs
-    assert "Epoch 0" not in first.stdout and len(first.stdout.splitlines()) < 40, first.stdout
+    # a person's screen: one line per stage (12: data, planning, 3 per trainer, comparison), the table (two sections
+    # against the baseline: 28 lines), the figure, a verdict and the last line (43 in all); nnU-Net's output only in
+    # the logs
+    assert "Epoch 0" not in first.stdout and len(first.stdout.splitlines()) < 50, first.stdout
     assert f"Figure: {out / 'comparison' / 'comparison.png'}" in first.stdout
     verdict = next(line for line in first.stdout.splitlines() if line.startswith("Verdict: "))
     assert verdict.startswith("Verdict: DALE vs default nnU-Net: Dice ") and "1.5 Dice points" in verdict
+    assert "vs default nnU-Net given DALE's time: Dice " in verdict and verdict.endswith(f" — {NOISE_STUDY_READING}.")
+    assert " min (nnU-Net / DALE / nnU-Net, DALE's time); one run cannot rank the trainers" in verdict
     assert "Epoch 0" in (out / "logs" / "train_nnUNetTrainerDALE_quick_fold0.log").read_text()
-    assert set(comparison["methods"]) >= {"nnU-Net", "DALE"}
+    assert list(comparison["methods"]) == ["nnU-Net", "DALE", "nnU-Net, DALE's time"]  # the baseline first
+    assert comparison["baseline"] == "nnU-Net"
+    assert "Epoch 4" in (out / "logs" / "train_nnUNetTrainer_quickSameTime_fold0.log").read_text()  # 5 epochs
     # the figure's ω column: DALE's maps of exactly the example cases, in the reference labels' geometry
     assert comparison["figure"]["columns"][-1] == "ω" and not comparison["figure"]["notes"]
     assert comparison["figure"]["split_patch"] == [4, 4]  # the trainer's split: the 64 px network patch / 16
@@ -65,6 +71,6 @@ def test_quick_demo_end_to_end_and_rerun_reuses_steps(quick_demo):
     written = {f: f.stat().st_mtime_ns for f in (out / "omega").rglob("*.npy")}
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert second.returncode == 0, second.stdout[-3000:]
-    assert second.stdout.count("reusing") >= 4  # planning, both trainings, both predictions
+    assert second.stdout.count("reusing") >= 7  # planning, the three trainings and the three predictions
     assert {f: f.stat().st_mtime_ns for f in (out / "omega").rglob("*.npy")} == written  # the maps are reused too
     assert "Epoch 0" not in second.stdout

@@ -14,7 +14,18 @@ from PIL import Image
 
 from nnunet_dale.compare import compare
 from nnunet_dale.compare.figure import _fuzzy_map
-from nnunet_dale.demo import PREDICTION, RUN_NOISE_POINTS, TRAINING, Demo, DemoError, Stage, verdict
+from nnunet_dale.demo import (
+    NOISE_STUDY_READING,
+    PREDICTION,
+    RUN_NOISE_POINTS,
+    SAME_TIME,
+    TRAINING,
+    Demo,
+    DemoError,
+    DemoSettings,
+    Stage,
+    verdict,
+)
 
 NNUNET_LIKE = """
 import sys
@@ -87,6 +98,8 @@ def test_a_training_stage_counts_the_epochs_of_trainers_nnunet_finds_on_the_demo
     monkeypatch.setattr(demo, "_call", lambda name, cmd, stage, progress: totals.update({cmd[5]: progress.total}))
     expected = {
         "nnUNetTrainerDALE_quick": 2,
+        "nnUNetTrainer_demoSameTime": 62,  # 2.5 x the demo's 25 epochs: about DALE's wall time
+        "nnUNetTrainer_quickSameTime": 5,
         "nnUNetTrainerDALE_bench": study_trainers.nnUNetTrainerDALE_bench.epochs,
         "nnUNetTrainer_benchShippedTime": study_trainers.nnUNetTrainer_benchShippedTime.epochs,
         "nnUNetTrainerDALE_mine": 7,
@@ -101,9 +114,16 @@ def test_a_training_stage_counts_the_epochs_of_trainers_nnunet_finds_on_the_demo
     )
 
 
-def comparison(dice_default: float, dice_dale: float, hd95_change: float, p: float) -> dict:
-    stats = {m: {"Dice": {"mean": d}} for m, d in (("nnU-Net", dice_default), ("DALE", dice_dale))}
-    tests = {"DALE": {"HD95": {"rel_change": hd95_change, "p_cases": p}}}
+def comparison(
+    dice_default: float, dice_dale: float, hd95_change: float, p: float, same_time: tuple[float, float] | None = None
+) -> dict:
+    """A comparison's numbers as the verdict reads them; DALE's mean HD95 is 10. `same_time`: (Dice, HD95) means of a
+    third method, default nnU-Net given DALE's time."""
+    means = [("nnU-Net", dice_default, 10 / (1 + hd95_change)), ("DALE", dice_dale, 10.0)]
+    if same_time is not None:
+        means.append((SAME_TIME, *same_time))
+    stats = {m: {"Dice": {"mean": d}, "HD95": {"mean": h}} for m, d, h in means}
+    tests = {m: {"HD95": {"rel_change": hd95_change if m == "DALE" else 0.0, "p_cases": p}} for m in list(stats)[1:]}
     return {"labels": ["1"], "cases": [f"c{i}" for i in range(20)], "stats": {"1": stats}, "comparisons": {"1": tests}}
 
 
@@ -115,6 +135,88 @@ def test_the_verdict_is_computed_from_the_numbers_with_its_thresholds():
     assert "Dice -2.9 points" in worse and "HD95 +24 % (significant, p = 0.04" in worse
     assert "DALE behind by more than run noise (1.5 Dice points) in this one run" in worse
     assert "DALE ahead by more than run noise" in verdict(comparison(0.70, 0.72, -0.05, 0.5))
+
+
+def test_with_two_trainers_the_verdict_is_the_two_trainer_line():
+    """A demo without the same-time trainer (DemoSettings.same_time None): the line as before, minutes or not."""
+    line = (
+        "DALE vs default nnU-Net: Dice +0.1 points, HD95 +11 % (not significant, p = 0.40 over the 20 test cases) — "
+        f"within run noise (±{RUN_NOISE_POINTS} Dice points); one run cannot rank the trainers (docs/results.md)."
+    )
+    assert verdict(comparison(0.707, 0.708, 0.11, 0.40)) == line
+    assert verdict(comparison(0.707, 0.708, 0.11, 0.40), minutes={"nnU-Net": 1.0, "DALE": 2.5}) == line
+    assert NOISE_STUDY_READING not in line
+
+
+def test_with_three_trainers_the_verdict_adds_dale_against_default_given_its_time():
+    """DALE against default at the same epochs (as with two), then against default given DALE's time (Dice points,
+    HD95 change of the means), the training minutes, and the label-noise study's reading, on one line."""
+    minutes = {"nnU-Net": 1.04, "DALE": 2.61, SAME_TIME: 2.47}
+    behind = verdict(comparison(0.707, 0.708, 0.11, 0.40, same_time=(0.718, 8.0)), minutes=minutes)
+    assert behind == (
+        "DALE vs default nnU-Net: Dice +0.1 points, HD95 +11 % (not significant, p = 0.40 over the 20 test cases) — "
+        f"within run noise (±{RUN_NOISE_POINTS} Dice points); vs default nnU-Net given DALE's time: Dice -1.0 points "
+        "(DALE behind, within run noise), HD95 +25 %; training 1.0 / 2.6 / 2.5 min (nnU-Net / DALE / nnU-Net, DALE's "
+        f"time); one run cannot rank the trainers (docs/results.md) — {NOISE_STUDY_READING}."
+    )
+    assert "\n" not in behind
+    ahead = verdict(comparison(0.731, 0.702, 0.24, 0.04, same_time=(0.674, 12.0)))
+    assert "DALE behind by more than run noise (1.5 Dice points) in this one run" in ahead  # at the same epochs
+    assert "given DALE's time: Dice +2.8 points (DALE ahead by more than run noise), HD95 -17 %; one run" in ahead
+    assert "training" not in ahead  # no minutes given
+    level = verdict(comparison(0.70, 0.70, 0.0, 0.9, same_time=(0.7001, float("nan"))), minutes={"DALE": 2.0})
+    assert "given DALE's time: Dice -0.0 points (DALE level, within run noise); training 2.0 min (DALE); " in level
+    assert level.endswith(f"one run cannot rank the trainers (docs/results.md) — {NOISE_STUDY_READING}.")
+
+
+def test_the_demo_trains_default_dale_and_default_given_dales_time_unless_same_time_is_none(tmp_path, monkeypatch):
+    """`run_folds` trains the settings' trainers, fold by fold, the baseline first (the comparison's baseline); with
+    `same_time` None only the baseline and DALE, as the studies that name their own pair ask for."""
+    trained = []
+
+    def record(trainer: str, fold: int) -> str:
+        trained.append((trainer, fold))
+        return f"{trainer}{fold}"
+
+    for settings, methods in [
+        (DemoSettings(), {"nnU-Net": "nnUNetTrainer_demo", "DALE": "nnUNetTrainerDALE_demo",
+                          SAME_TIME: "nnUNetTrainer_demoSameTime"}),
+        (DemoSettings(baseline="A", dale="B", same_time=None), {"nnU-Net": "A", "DALE": "B"}),
+    ]:  # fmt: skip
+        demo = Demo(tmp_path / "demo", settings)
+        monkeypatch.setattr(demo, "train_predict_evaluate", record)
+        assert demo.methods == methods and demo.trainers == tuple(methods.values())
+        trained.clear()
+        runs = demo.run_folds([0, 1])
+        assert list(runs) == list(methods) and trained == [(tr, f) for f in (0, 1) for tr in methods.values()]
+        assert runs == {m: [f"{tr}0", f"{tr}1"] for m, tr in methods.items()}
+
+
+def test_the_quick_demo_trains_the_quick_same_time_trainer(monkeypatch):
+    from nnunet_dale import cli
+
+    ran = []
+    monkeypatch.setattr("nnunet_dale.demo.run_demo", lambda out, settings: ran.append(settings))
+    assert cli.main(["demo", "--quick", "-o", "x"]) == 0 and cli.main(["demo", "-o", "x"]) == 0
+    assert [(s.baseline, s.dale, s.same_time) for s in ran] == [
+        ("nnUNetTrainer_quick", "nnUNetTrainerDALE_quick", "nnUNetTrainer_quickSameTime"),
+        ("nnUNetTrainer_demo", "nnUNetTrainerDALE_demo", "nnUNetTrainer_demoSameTime"),
+    ]
+
+
+def test_the_training_minutes_come_from_the_checkpoints_log(tmp_path):
+    """Each method's measured training time (first epoch start to last epoch end, as the studies measure it); a
+    method without a readable checkpoint is left out."""
+    import torch
+
+    demo = Demo(tmp_path / "demo")
+    demo.dataset = demo.raw / "Dataset990_DALEBench"
+    for trainer, seconds in (("nnUNetTrainer_demo", 60.0), ("nnUNetTrainerDALE_demo", 150.0)):
+        folder = demo._result_folder(trainer, 0)
+        folder.mkdir(parents=True)
+        log = {"epoch_start_timestamps": [1000.0, 1000.0 + seconds / 2], "epoch_end_timestamps": [0.0, 1000 + seconds]}
+        torch.save({"logging": log}, folder / "checkpoint_final.pth")
+    assert demo.training_minutes(0) == {"nnU-Net": pytest.approx(1.0), "DALE": pytest.approx(2.5)}
 
 
 def test_the_figure_shows_the_split_patch_it_used():

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 
 ISIC = SHARED_DATA / "ISIC2017_val_subset"
 needs_isic = pytest.mark.skipif(not ISIC.is_dir(), reason=f"real ISIC 2017 subset not available at {ISIC}")
-QUICK = DemoSettings(baseline="nnUNetTrainer_quick", dale="nnUNetTrainerDALE_quick", fold=1)
+QUICK = DemoSettings(baseline="nnUNetTrainer_quick", dale="nnUNetTrainerDALE_quick", fold=1, same_time=None)
 
 
 @pytest.fixture(autouse=True)
