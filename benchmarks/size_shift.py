@@ -165,7 +165,7 @@ def table(folder: Path = DATA) -> str:
         + ". 40 × 25 iterations, 64 px; runs are folds of the training set.",
     ]
     if replicates:
-        out += ["", "Replicates (a fold run again; not in the table or rule): " + "; ".join(replicates) + "."]
+        out[-1] += " Replicates (a fold run again; not in the table or rule): " + "; ".join(replicates) + "."
     out += [
         "",
         "The fix rule (study log, *size-shift-fix-plan*), over three runs against default on the same folds: on a "
