@@ -1,5 +1,5 @@
 """The label-noise study's readings (issue 31), generated from docs/data/noise_study.json by the rules written before
-its runs (docs/study-log.md, section noise-study-plan), into README.md and docs/results.md.
+its runs (docs/study-log.md, section noise-study-plan), into README.md and docs/results.md (the same table).
 
     python -m benchmarks.noise_readings            # rewrite the tables between their <!-- key --> markers
     python -m benchmarks.noise_readings --check    # exit 1 if a table differs from what the data give
@@ -182,7 +182,7 @@ def demo_reading(records: list[dict[str, Any]]) -> str:
     )
 
 
-SECTIONS = {(RESULTS, "results-noise"): table}
+SECTIONS = {(RESULTS, "results-noise"): table, (README, "headline-noise"): table}
 
 
 def differences(records: list[dict[str, Any]]) -> list[str]:
