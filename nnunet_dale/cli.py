@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo", help="built-in benchmark end to end: default nnU-Net, DALE, and default nnU-Net given DALE's wall time "
-        "(2.5 x the epochs); about 8 min on 2 cores",
+        "(2.5 x the epochs); about 14 min on 2 cores",
     )  # fmt: skip
     p.add_argument("-o", "--output", default="dale_demo", help="output folder (default ./dale_demo); reused if present")
     p.add_argument("--seed", type=int, default=0, help="benchmark data seed")
