@@ -174,11 +174,11 @@ def demo_reading(records: list[dict[str, Any]]) -> str:
     if not readable:
         return "the label-noise study's reading is pending (docs/results.md)"
     names = sorted({DATASET_NAMES.get(k[0], k[0]) for k in readable}, key=list(DATASET_NAMES.values()).index)
-    deltas = [p.dice_points for p in readable.values()]
+    low, high = (points(f([p.dice_points for p in readable.values()])) for f in (min, max))
     return (
         f"in the label-noise study ({', '.join(names)}, {READING_RUNS} runs per cell) DALE helped at equal time in "
-        f"{sum(p.helps() for p in readable.values())} of {len(readable)} noisy cells (Dice {points(min(deltas))} to "
-        f"{points(max(deltas))} points against default given its time; docs/results.md)"
+        f"{sum(p.helps() for p in readable.values())} of {len(readable)} noisy cells (Dice "
+        f"{low if low == high else f'{low} to {high}'} points against default given its time; docs/results.md)"
     )
 
 

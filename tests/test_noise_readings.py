@@ -74,3 +74,4 @@ def test_the_demo_verdict_ends_with_what_the_data_give():
     planted = cell(dale=(0.52, 9.0)) + cell(dale=(0.50, 9.0), kind="biased") + cell(alpha=0.0)
     text = noise_readings.demo_reading(planted)
     assert "helped at equal time in 1 of 2 noisy cells (Dice +0.0 to +2.0 points" in text
+    assert "in 0 of 1 noisy cells (Dice −1.0 points against" in noise_readings.demo_reading(cell(dale=(0.49, 9.0)))
