@@ -19,7 +19,7 @@ import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from benchmarks.report import read_section, section_text, write_section
+from benchmarks.report import generate_sections, stale_sections
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "data" / "validity_study.json"
@@ -262,11 +262,7 @@ SECTIONS = {  # (file, section key) -> the table's generator
 
 def differences(study: dict) -> list[str]:
     """The sections whose text differs from what the data give (missing ones included)."""
-    return [
-        f"{path.relative_to(REPO)} <!-- {key} -->"
-        for (path, key), make in SECTIONS.items()
-        if read_section(path, key) != section_text(make(study))
-    ]
+    return stale_sections(SECTIONS, study)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,15 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a table differs")
     args = parser.parse_args(argv)
     study = load()
-    if args.check:
-        stale = differences(study)
-        for name in stale:
-            print(f"{name} differs from what {DATA.relative_to(REPO)} gives: run python -m benchmarks.headline")
-        return 1 if stale else 0
-    for (path, key), make in SECTIONS.items():
-        write_section(path, key, make(study))
-    print("wrote " + ", ".join(f"{p.relative_to(REPO)} <!-- {k} -->" for p, k in SECTIONS), flush=True)
-    return 0
+    return generate_sections(SECTIONS, study, args.check, str(DATA.relative_to(REPO)), "python -m benchmarks.headline")
 
 
 if __name__ == "__main__":

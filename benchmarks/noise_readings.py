@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmarks.headline import dice, hd95, points
 from benchmarks.noise_study import DATASETS, ROLES, load_records
-from benchmarks.report import read_section, section_text, write_section
+from benchmarks.report import generate_sections, stale_sections
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "data" / "noise_study.json"
@@ -186,11 +186,7 @@ SECTIONS = {(RESULTS, "results-noise"): table, (README, "headline-noise"): table
 
 
 def differences(records: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{path.relative_to(REPO)} <!-- {key} -->"
-        for (path, key), make in SECTIONS.items()
-        if read_section(path, key) != section_text(make(records))
-    ]
+    return stale_sections(SECTIONS, records)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,15 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a table differs")
     args = parser.parse_args(argv)
     records = load_records(DATA)
-    if args.check:
-        stale = differences(records)
-        for name in stale:
-            print(f"{name} differs from what {DATA.relative_to(REPO)} gives: run python -m benchmarks.noise_readings")
-        return 1 if stale else 0
-    for (path, key), make in SECTIONS.items():
-        write_section(path, key, make(records))
-    print(table(records), flush=True)
-    return 0
+    return generate_sections(
+        SECTIONS, records, args.check, str(DATA.relative_to(REPO)), "python -m benchmarks.noise_readings"
+    )
 
 
 if __name__ == "__main__":

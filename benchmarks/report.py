@@ -127,3 +127,25 @@ def write_section(path: Path, key: str, text: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     atomic_write(path, lambda f: f.write(new))
+
+
+def stale_sections(sections: dict, data) -> list[str]:
+    """The sections (`{(file, key): generator}`) whose text differs from what the generator makes of `data`."""
+    return [
+        f"{path.relative_to(REPO)} <!-- {key} -->"
+        for (path, key), make in sections.items()
+        if read_section(path, key) != section_text(make(data))
+    ]
+
+
+def generate_sections(sections: dict, data, check: bool, data_name: str, command: str) -> int:
+    """Write every section from `data`, or with `check` only list the stale ones (exit code 1 if any)."""
+    if check:
+        stale = stale_sections(sections, data)
+        for name in stale:
+            print(f"{name} differs from what {data_name} gives: run {command}")
+        return 1 if stale else 0
+    for (path, key), make in sections.items():
+        write_section(path, key, make(data))
+    print("wrote " + ", ".join(f"{p.relative_to(REPO)} <!-- {k} -->" for p, k in sections), flush=True)
+    return 0
